@@ -3,9 +3,19 @@
 //! - [`eventually`]: poll an assertion with a patience instead of sleeping a fixed time.
 //! - [`kubelet::ConfigMapDir`]: a directory updated exactly the way the kubelet updates a
 //!   mounted ConfigMap.
+//! - [`app::TestApp`]: a stateful web app with per-session counters, on its own 127.0.0.x.
+//! - [`process::Process`]: a real binary as a child process, with its log collected.
+//! - [`agent::Agent`]: the real `stickyroute-agent`, started through a builder.
+//! - [`client`]: one-request-per-connection HTTP/1.1 and HTTP/2 client.
 #![forbid(unsafe_code)]
+// A harness fails the test that uses it by panicking with a message: that is its job.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod agent;
+pub mod app;
+pub mod client;
 pub mod kubelet;
+pub mod process;
 
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,115 @@
+//! The agent's admin endpoints: `/healthz`, `/readyz`, `/metrics`, `/status`.
+
+use crate::handler::Agent;
+use crate::identity::MatchedBy;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use routemap::MapStatus;
+use serde::Serialize;
+use std::net::IpAddr;
+use std::sync::Arc;
+use stickyroute_relay::admin;
+use stickyroute_relay::body::{self, Body};
+use stickyroute_relay::lifecycle::Lifecycle;
+use stickyroute_relay::serve::{ConnInfo, Handler};
+
+pub struct AgentAdmin {
+    pub agent: Arc<Agent>,
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+/// `/status`: what an operator (or the proxy's balancer-manager) wants to know.
+#[derive(Serialize)]
+struct Status {
+    version: &'static str,
+    upstream: String,
+    keys: Keys,
+    /// This instance's route(s) in the map in use, one per address key.
+    routes: Vec<OwnRoute>,
+    /// The route cookies are issued with when keys miss the map.
+    default_route: Option<String>,
+    map: MapStatus,
+    draining: bool,
+}
+
+#[derive(Serialize)]
+struct Keys {
+    /// `--server-addr`, else the local addresses connections arrived on so far.
+    addresses: Vec<IpAddr>,
+    name: Option<String>,
+}
+
+#[derive(Serialize)]
+struct OwnRoute {
+    address: IpAddr,
+    route: Option<String>,
+    matched_by: Option<MatchedBy>,
+}
+
+impl AgentAdmin {
+    fn status(&self) -> Status {
+        let identity = self.agent.identity();
+        let snapshot = self.agent.live.load();
+        let addresses = identity.addr_keys().to_vec();
+        let routes = addresses
+            .iter()
+            .map(|address| {
+                let found = snapshot.as_ref().and_then(|s| identity.lookup(s, *address));
+                OwnRoute {
+                    address: *address,
+                    route: found.map(|(e, _)| e.route.to_string()),
+                    matched_by: found.map(|(_, by)| by),
+                }
+            })
+            .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            upstream: self.agent.settings.upstream.to_string(),
+            keys: Keys {
+                addresses,
+                name: identity.name_key().map(ToString::to_string),
+            },
+            routes,
+            default_route: self
+                .agent
+                .settings
+                .default_route
+                .as_ref()
+                .map(ToString::to_string),
+            map: self.agent.live.status(),
+            draining: self.lifecycle.is_draining(),
+        }
+    }
+
+    fn route(&self, request: &Request<Incoming>) -> Response<Body> {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return body::text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        }
+        match request.uri().path() {
+            "/healthz" => admin::healthz(),
+            "/readyz" => {
+                let mut problems = Vec::new();
+                if !self.agent.live.is_ready() {
+                    problems.push("no route map loaded yet");
+                }
+                if self.lifecycle.is_draining() {
+                    problems.push("shutting down");
+                }
+                admin::readyz(&problems)
+            }
+            "/metrics" => admin::metrics(
+                self.agent
+                    .metrics
+                    .render(&self.agent.live.status(), self.lifecycle.is_draining()),
+            ),
+            "/status" => body::json(StatusCode::OK, &self.status()),
+            _ => admin::not_found(),
+        }
+    }
+}
+
+impl Handler for AgentAdmin {
+    async fn handle(&self, request: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
+        self.route(&request)
+    }
+}

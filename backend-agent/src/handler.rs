@@ -1,0 +1,168 @@
+//! The request path: forward to the app, and set the sticky cookie when the exchange
+//! belongs to a session and the client does not already carry this instance's route.
+
+use crate::config::Settings;
+use crate::identity::Identity;
+use crate::inject::{self, DomainMode, Reason};
+use crate::metrics::Metrics;
+use http::header::COOKIE;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use routemap::cookie::route_of;
+use routemap::{Live, RouteId, Snapshot};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use stickyroute_relay::body::{self, Body};
+use stickyroute_relay::forward::{Origin, Upstreams};
+use stickyroute_relay::headers::Forwarded;
+use stickyroute_relay::serve::{ConnInfo, Handler};
+
+pub struct Agent {
+    pub settings: Settings,
+    pub live: Live,
+    pub upstreams: Upstreams,
+    pub metrics: Arc<Metrics>,
+    /// Generation of the map the last "own key missing" warning was about, so it is logged
+    /// once per map change rather than per request.
+    warned_generation: AtomicU64,
+}
+
+/// What was decided from the request, to be applied to the response.
+struct Plan {
+    route: RouteId,
+    request_session: bool,
+    host: Option<String>,
+}
+
+impl Agent {
+    pub fn new(
+        settings: Settings,
+        live: Live,
+        upstreams: Upstreams,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            settings,
+            live,
+            upstreams,
+            metrics,
+            warned_generation: AtomicU64::new(0),
+        }
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.settings.identity
+    }
+
+    /// This instance's route in `snapshot` for a connection on `local`, falling back to
+    /// `--default-route`. A miss is counted, and warned about once per map generation.
+    pub fn own_route(&self, snapshot: &Snapshot, local: IpAddr) -> Option<RouteId> {
+        let identity = &self.settings.identity;
+        if let Some((entry, _)) = identity.lookup(snapshot, local) {
+            return Some(entry.route.clone());
+        }
+        self.metrics.lookup_missed();
+        let generation = snapshot.generation();
+        if self.warned_generation.swap(generation, Ordering::Relaxed) != generation {
+            tracing::warn!(
+                address = %identity.addr_key(local),
+                name = identity.name_key().map(ToString::to_string),
+                map = snapshot.short_hash(),
+                generation,
+                default_route = self.settings.default_route.as_ref().map(RouteId::as_str),
+                "this instance is not in the route map; {}",
+                if self.settings.default_route.is_some() { "using --default-route" } else { "no sticky cookie will be set" }
+            );
+        }
+        let fallback = self.settings.default_route.clone();
+        if fallback.is_some() {
+            self.metrics.default_route_used();
+        }
+        fallback
+    }
+
+    fn plan(&self, request: &Request<Incoming>, local: IpAddr) -> Option<Plan> {
+        let path = request.uri().path();
+        if self
+            .settings
+            .skip_paths
+            .iter()
+            .any(|prefix| path.starts_with(prefix.as_str()))
+        {
+            return None;
+        }
+        let snapshot = self.live.load()?;
+        let route = self.own_route(&snapshot, local)?;
+        let headers = request.headers();
+        let current = self
+            .settings
+            .cookie
+            .find(headers.get_all(COOKIE).iter().map(|v| v.as_bytes()))
+            .and_then(route_of);
+        if current == Some(route.as_str()) {
+            return None;
+        }
+        let host = match self.settings.attributes.domain {
+            DomainMode::RequestHost => {
+                inject::request_host(headers, request.uri()).map(str::to_owned)
+            }
+            _ => None,
+        };
+        Some(Plan {
+            route,
+            request_session: self.settings.sessions.in_request(headers),
+            host,
+        })
+    }
+
+    fn apply(&self, plan: Plan, response: &mut Response<Body>) {
+        let reason = if plan.request_session {
+            Reason::RequestSession
+        } else if self.settings.sessions.created_by(response.headers()) {
+            Reason::ResponseSession
+        } else if self.settings.track_all {
+            Reason::TrackAll
+        } else {
+            return;
+        };
+        let set_cookie = self.settings.attributes.set_cookie(
+            &self.settings.cookie,
+            &plan.route,
+            plan.host.as_deref(),
+        );
+        if let Some(set_cookie) = set_cookie {
+            inject::inject(response.headers_mut(), set_cookie);
+            self.metrics.injected(reason);
+        }
+    }
+}
+
+impl Handler for Agent {
+    async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        self.metrics.request();
+        self.settings.identity.note_local(conn.local.ip());
+        let plan = self.plan(&request, conn.local.ip());
+        let origin = Origin {
+            client: conn.remote,
+            proto: "http",
+            forwarded: Forwarded::BehindProxy,
+        };
+        let mut response = match self
+            .upstreams
+            .forward(request, &self.settings.upstream, origin)
+            .await
+        {
+            Ok(response) => body::streamed(response),
+            Err(error) => {
+                self.metrics.upstream_error(&error);
+                tracing::warn!(%error, "app did not answer");
+                return body::text(error.status(), format!("{}\n", error.status()));
+            }
+        };
+        if let Some(plan) = plan {
+            self.apply(plan, &mut response);
+        }
+        response
+    }
+}

@@ -1,0 +1,164 @@
+//! Command-line options both binaries take, with the environment variables Kubernetes users
+//! set instead, and the logging setup they select.
+
+use crate::forward::UpstreamTimeouts;
+use crate::lifecycle::ShutdownTiming;
+use crate::serve::ServerLimits;
+use clap::{Args, ValueEnum};
+use routemap::Live;
+use routemap::source::{FileSource, SourceTask, spawn};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Accepts `250ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 250ms, 5s or 2m"))?;
+    let scale = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("{text:?} has an unknown unit; use ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(number * scale).map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives such as
+    /// `info,stickyroute_relay=debug`.
+    #[arg(long, env = "STICKYROUTE_LOG", default_value = "info")]
+    pub log_level: String,
+    /// Log line format: human-readable text, or one JSON object per line for log shippers.
+    #[arg(long, env = "STICKYROUTE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl LogArgs {
+    /// Installs the global logger. Logs go to stderr.
+    pub fn init(&self) -> Result<(), String> {
+        let filter = tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .map_err(|e| format!("--log-level {:?}: {e}", self.log_level))?;
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        let installed = match self.log_format {
+            LogFormat::Text => builder.with_ansi(false).try_init(),
+            LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        };
+        installed.map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MapArgs {
+    /// The route map file, followed live (edits, renames, kubelet ConfigMap updates).
+    #[arg(long, env = "STICKYROUTE_ROUTEMAP", value_name = "PATH")]
+    pub routemap: PathBuf,
+}
+
+impl MapArgs {
+    /// Starts following the map; the handle becomes ready with the first valid map.
+    pub fn start(&self) -> (Live, SourceTask) {
+        spawn(FileSource::new(&self.routemap))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UpstreamArgs {
+    /// Time allowed to open a TCP connection to an upstream.
+    #[arg(long, value_parser = duration, default_value = "5s", value_name = "DURATION")]
+    pub connect_timeout: Duration,
+    /// Time allowed from sending a request to receiving the response headers.
+    #[arg(long, value_parser = duration, default_value = "60s", value_name = "DURATION")]
+    pub response_timeout: Duration,
+    /// How long an idle keep-alive connection to an upstream is kept in the pool.
+    #[arg(long, value_parser = duration, default_value = "90s", value_name = "DURATION")]
+    pub upstream_idle_timeout: Duration,
+}
+
+impl UpstreamArgs {
+    pub fn timeouts(&self) -> UpstreamTimeouts {
+        UpstreamTimeouts {
+            connect: self.connect_timeout,
+            response_header: self.response_timeout,
+            idle: self.upstream_idle_timeout,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ClientLimitArgs {
+    /// Time a client has to send a complete request head; also how long an idle
+    /// keep-alive client connection is kept.
+    #[arg(long, value_parser = duration, default_value = "10s", value_name = "DURATION")]
+    pub header_read_timeout: Duration,
+    /// Largest accepted request head in bytes.
+    #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
+    pub max_header_bytes: usize,
+    /// Most header fields accepted in one request.
+    #[arg(long, default_value_t = 100, value_name = "COUNT")]
+    pub max_headers: usize,
+}
+
+impl ClientLimitArgs {
+    pub fn limits(&self) -> ServerLimits {
+        ServerLimits {
+            header_read_timeout: self.header_read_timeout,
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ShutdownArgs {
+    /// After SIGTERM, how long to keep serving while unready, so that load balancers and
+    /// Kubernetes endpoints stop sending traffic first.
+    #[arg(long, env = "STICKYROUTE_DRAIN_DELAY", value_parser = duration, default_value = "5s", value_name = "DURATION")]
+    pub drain_delay: Duration,
+    /// Then, how long in-flight requests and WebSocket tunnels get to finish. Keep
+    /// drain delay + grace period below the pod's terminationGracePeriodSeconds (30 s).
+    #[arg(long, env = "STICKYROUTE_GRACE_PERIOD", value_parser = duration, default_value = "20s", value_name = "DURATION")]
+    pub grace_period: Duration,
+}
+
+impl ShutdownArgs {
+    pub fn timing(&self) -> ShutdownTiming {
+        ShutdownTiming {
+            drain_delay: self.drain_delay,
+            grace: self.grace_period,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_and_bare_seconds() {
+        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(duration("7"), Ok(Duration::from_secs(7)));
+        assert!(duration("5 parsecs").is_err());
+        assert!(duration("s").is_err());
+    }
+}

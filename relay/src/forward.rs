@@ -1,0 +1,215 @@
+//! Sending one request on to an upstream and bringing its response back.
+//!
+//! Upstreams are spoken to in HTTP/1.1 over a keep-alive pool, whatever the client spoke.
+//! Bodies stream in both directions; nothing is buffered whole. A protocol upgrade (a
+//! WebSocket handshake) that the upstream accepts with `101` becomes a byte tunnel between
+//! the two connections, tracked so that shutdown can wait for it.
+
+use crate::headers::{self, Forwarded};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio_util::task::TaskTracker;
+
+/// Timeouts towards upstreams.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTimeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// From sending the request head to receiving the response head.
+    pub response_header: Duration,
+    /// How long an unused pooled connection is kept.
+    pub idle: Duration,
+}
+
+/// Why a request could not be forwarded. The kind decides the status the client gets and
+/// whether another upstream may be tried.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// No connection could be made: nothing was sent, so trying elsewhere is safe.
+    #[error("cannot connect to {upstream}: {source}")]
+    Connect {
+        upstream: Authority,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("{upstream} sent no response headers within {timeout:?}")]
+    Timeout {
+        upstream: Authority,
+        timeout: Duration,
+    },
+    /// The request (and maybe part of its body) was sent: never replayed.
+    #[error("request to {upstream} failed: {source}")]
+    Upstream {
+        upstream: Authority,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("cannot build the upstream request: {0}")]
+    BadRequest(#[from] http::Error),
+}
+
+impl ForwardError {
+    /// What the client gets: 502 when the upstream failed, 504 when it was too slow.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ForwardError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ForwardError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// Whether nothing reached the upstream (so another one may be tried).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, ForwardError::Connect { .. })
+    }
+}
+
+/// A keep-alive client for HTTP/1.1 upstreams, shared by every request.
+#[derive(Clone)]
+pub struct Upstreams {
+    client: Client<HttpConnector, Incoming>,
+    response_header: Duration,
+    tunnels: TaskTracker,
+}
+
+/// Who the request came from and how it reached us, for the `X-Forwarded-*` headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    pub client: SocketAddr,
+    pub proto: &'static str,
+    pub forwarded: Forwarded,
+}
+
+impl Upstreams {
+    /// `tunnels` tracks upgraded connections so that shutdown can wait for them.
+    pub fn new(timeouts: UpstreamTimeouts, tunnels: TaskTracker) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(timeouts.connect));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(timeouts.idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            // The client's Host header is passed through as it came (or set from an HTTP/2
+            // client's :authority), never replaced by the upstream's address.
+            .set_host(false)
+            .build(connector);
+        Self {
+            client,
+            response_header: timeouts.response_header,
+            tunnels,
+        }
+    }
+
+    /// Forwards `request` to `upstream` and returns its response, streaming both bodies.
+    pub async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        upstream: &Authority,
+        origin: Origin,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let upgrade = (request.version() == Version::HTTP_11
+            && headers::wants_upgrade(request.headers()))
+        .then(|| hyper::upgrade::on(&mut request));
+        let (mut parts, body) = request.into_parts();
+
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| authority_header(&parts.uri));
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
+        if let Some(host) = &host {
+            parts.headers.insert(header::HOST, host.clone());
+        }
+        headers::add_forwarded(
+            &mut parts.headers,
+            origin.client.ip(),
+            origin.proto,
+            host,
+            origin.forwarded,
+        );
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(upstream.clone())
+            .path_and_query(path)
+            .build()?;
+        parts.version = Version::HTTP_11;
+        let outgoing = Request::from_parts(parts, body);
+
+        let sent = tokio::time::timeout(self.response_header, self.client.request(outgoing)).await;
+        let mut response = match sent {
+            Err(_) => {
+                return Err(ForwardError::Timeout {
+                    upstream: upstream.clone(),
+                    timeout: self.response_header,
+                });
+            }
+            Ok(Err(source)) if source.is_connect() => {
+                return Err(ForwardError::Connect {
+                    upstream: upstream.clone(),
+                    source,
+                });
+            }
+            Ok(Err(source)) => {
+                return Err(ForwardError::Upstream {
+                    upstream: upstream.clone(),
+                    source,
+                });
+            }
+            Ok(Ok(response)) => response,
+        };
+
+        match upgrade {
+            Some(client_side) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let upstream_side = hyper::upgrade::on(&mut response);
+                let name = upstream.clone();
+                self.tunnels.spawn(async move {
+                    tunnel(client_side, upstream_side, name).await;
+                });
+                headers::strip_hop_by_hop(response.headers_mut(), true);
+            }
+            _ => headers::strip_hop_by_hop(response.headers_mut(), false),
+        }
+        Ok(response)
+    }
+}
+
+/// The `Host` value for an HTTP/2 request, which carries it as `:authority` in the URI.
+fn authority_header(uri: &Uri) -> Option<HeaderValue> {
+    uri.authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+}
+
+/// Copies bytes both ways between an upgraded client and upstream until either side closes.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    name: Authority,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::debug!(upstream = %name, %error, "upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => tracing::debug!(upstream = %name, up, down, "tunnel closed"),
+        Err(error) => tracing::debug!(upstream = %name, %error, "tunnel ended with an error"),
+    }
+}

@@ -1,0 +1,23 @@
+//! The HTTP plumbing both stickyroute binaries are built on, so the proxy and the agent
+//! forward, serve and shut down the same way.
+//!
+//! - [`serve`]: the accept loop: HTTP/1.1 and HTTP/2 on one port, header limits and
+//!   timeouts, graceful connection shutdown.
+//! - [`forward`]: one request to an upstream over a keep-alive pool, with protocol upgrades
+//!   (WebSocket) tunnelled.
+//! - [`headers`]: hop-by-hop headers and `X-Forwarded-*`.
+//! - [`body`]: the response body type and small response builders.
+//! - [`lifecycle`]: SIGTERM/SIGINT handling: unready, drain delay, stop accepting, grace.
+//! - [`admin`]: what both admin listeners serve the same way (health, map metrics).
+//! - [`metrics`]: the Prometheus text format.
+//! - [`cli`]: command-line options both binaries share, and logging setup.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod body;
+pub mod cli;
+pub mod forward;
+pub mod headers;
+pub mod lifecycle;
+pub mod metrics;
+pub mod serve;

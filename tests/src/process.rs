@@ -1,0 +1,174 @@
+//! The real binaries, started as child processes.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A workspace binary, built by `cargo build --workspace` next to the test executables.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` before the tests (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// A running child process whose stderr (the log) is collected; killed when dropped.
+pub struct Process {
+    name: String,
+    child: Mutex<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    /// Starts `binary` with `args` and no inherited environment variables but `extra_env`
+    /// (so a developer's POD_IP or STICKYROUTE_* never leaks into a test).
+    pub fn start(binary: &str, args: &[String], extra_env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(self::binary(binary));
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in extra_env {
+            command.env(k, v);
+        }
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
+        Self {
+            name: binary.to_owned(),
+            child: Mutex::new(child),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.lock().id()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Child> {
+        self.child.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every log line so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Log lines containing `needle`.
+    pub fn log_lines_with(&self, needle: &str) -> Vec<String> {
+        self.log()
+            .into_iter()
+            .filter(|l| l.contains(needle))
+            .collect()
+    }
+
+    /// Waits for a log line containing `needle` and returns it.
+    pub fn wait_for_log(&self, needle: &str, patience: Duration) -> String {
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Some(line) = self.log_lines_with(needle).into_iter().next() {
+                return line;
+            }
+            if let Ok(Some(status)) = self.try_status() {
+                panic!(
+                    "{} exited with {status} before logging {needle:?}; log:\n{}",
+                    self.name,
+                    self.log().join("\n")
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never logged {needle:?}; log:\n{}",
+                self.name,
+                self.log().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The value of `key=VALUE` in the first log line containing `needle` (text format).
+    pub fn logged_addr(&self, needle: &str, key: &str, patience: Duration) -> SocketAddr {
+        let line = self.wait_for_log(needle, patience);
+        let value = line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= in {line:?}"));
+        value
+            .parse()
+            .unwrap_or_else(|e| panic!("{key}={value}: {e}"))
+    }
+
+    fn try_status(&self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.lock().try_wait()
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`) with the `kill` command.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&self, patience: Duration) -> Option<i32> {
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Some(status) = self.try_status().expect("try_wait") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {patience:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let mut child = self.lock();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
