@@ -153,7 +153,7 @@ impl Handler for Agent {
             .forward(request, &self.settings.upstream, origin)
             .await
         {
-            Ok(response) => body::streamed(response),
+            Ok(response) => body::streamed(response, None),
             Err(error) => {
                 self.metrics.upstream_error(&error);
                 tracing::warn!(%error, "app did not answer");

@@ -1,6 +1,156 @@
+//! Starts the proxy: configuration, logging, the route map, the live member table, the
+//! listeners, then waits for SIGTERM/SIGINT and drains.
 #![forbid(unsafe_code)]
 
-fn main() -> std::process::ExitCode {
-    eprintln!("not built yet: see the open issues");
-    std::process::ExitCode::from(64)
+use clap::Parser;
+use routemap::RouteMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use stickyroute_proxy::admin::ProxyAdmin;
+use stickyroute_proxy::balancer::{Balancer, follow};
+use stickyroute_proxy::config::{ProxyOptions, Settings};
+use stickyroute_proxy::handler::Proxy;
+use stickyroute_proxy::health;
+use stickyroute_proxy::metrics::Metrics;
+use stickyroute_relay::cli::start_file_source;
+use stickyroute_relay::forward::Upstreams;
+use stickyroute_relay::lifecycle::Lifecycle;
+use stickyroute_relay::serve::{bind, serve};
+
+/// sysexits' EX_USAGE: the configuration is wrong, restarting will not help.
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let options = ProxyOptions::parse();
+    let check_only = options.check_config;
+    let settings = match options.settings() {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("stickyroute-proxy: invalid configuration: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if check_only {
+        return check(&settings);
+    }
+    if let Err(error) = settings.log.init() {
+        eprintln!("stickyroute-proxy: {error}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(settings)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--check-config`: the settings are valid; the route map, if readable, is checked too.
+fn check(settings: &Settings) -> ExitCode {
+    let origin = settings.routemap.display().to_string();
+    match std::fs::read(&settings.routemap) {
+        Ok(bytes) => match RouteMap::load(&origin, &bytes) {
+            Ok(map) => println!(
+                "configuration ok; route map {origin}: {} members, hash {}",
+                map.len(),
+                map.hash()
+            ),
+            Err(error) => {
+                for line in error.details() {
+                    eprintln!("{line}");
+                }
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        Err(error) => println!(
+            "configuration ok; route map {origin} not readable here ({error}); it will be followed once it appears"
+        ),
+    }
+    ExitCode::SUCCESS
+}
+
+async fn run(settings: Settings) -> anyhow::Result<bool> {
+    let settings = Arc::new(settings);
+    let lifecycle = Arc::new(Lifecycle::default());
+    let (live, _source) = start_file_source(&settings.routemap, settings.routemap_debounce);
+    let balancer = Arc::new(Balancer::default());
+    tokio::spawn(follow(
+        balancer.clone(),
+        live.clone(),
+        settings.member_port,
+        settings.dns_refresh,
+    ));
+    let upstreams = Upstreams::new(settings.upstream, lifecycle.tunnels());
+    if let Some(check) = settings.health.clone() {
+        tokio::spawn(health::run(balancer.clone(), upstreams.clone(), check));
+    }
+    let metrics = Arc::new(Metrics::default());
+    let mut listeners = Vec::new();
+    for addr in &settings.listen {
+        listeners.push(bind(*addr).await?);
+    }
+    let admin_listener = bind(settings.admin_listen).await?;
+    let bound: Vec<String> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .collect();
+    tracing::info!(
+        listen = %bound.join(","),
+        admin = %admin_listener.local_addr()?,
+        routemap = %settings.routemap.display(),
+        stickysession = %settings.sticky.describe(),
+        nofailover = settings.nofailover,
+        lbmethod = ?settings.lbmethod,
+        version = env!("CARGO_PKG_VERSION"),
+        "stickyroute-proxy started"
+    );
+    let proxy = Arc::new(Proxy {
+        settings: settings.clone(),
+        balancer: balancer.clone(),
+        upstreams,
+        metrics: metrics.clone(),
+    });
+    let admin = ProxyAdmin {
+        settings: settings.clone(),
+        balancer,
+        live,
+        metrics,
+        lifecycle: lifecycle.clone(),
+    };
+    let grace = settings.shutdown.grace;
+    let admin_task = tokio::spawn(serve(
+        admin_listener,
+        Arc::new(admin),
+        settings.limits,
+        lifecycle.admin_stop(),
+        grace,
+    ));
+    let servers = listeners
+        .into_iter()
+        .map(|l| {
+            tokio::spawn(serve(
+                l,
+                proxy.clone(),
+                settings.limits,
+                lifecycle.traffic_stop(),
+                grace,
+            ))
+        })
+        .collect();
+    Ok(lifecycle
+        .run_until_shutdown(settings.shutdown, servers, Some(admin_task))
+        .await)
 }

@@ -1,12 +1,68 @@
-//! The body type every handler answers with: an upstream's body streamed through untouched,
-//! or a small body made here (errors, admin pages). No boxing on the request path.
+//! Body types: an upstream's body streamed through (optionally metered), a small body made
+//! here (errors, admin pages), and the request body sent upstream, which comes back when a
+//! connection attempt failed before any of it was sent.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
+use http_body::{Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::oneshot;
 
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<Streamed, Full<Bytes>>;
+
+/// Counts what flows through a proxied exchange (per member, in the proxy).
+pub trait Meter: Send + Sync + 'static {
+    /// Request body bytes sent upstream.
+    fn received(&self, bytes: u64);
+    /// Response body bytes sent to the client.
+    fn sent(&self, bytes: u64);
+    /// The response body is done (ended or dropped): the exchange is no longer busy.
+    fn finished(&self);
+}
+
+/// An upstream response body on its way to the client.
+pub struct Streamed {
+    inner: Incoming,
+    meter: Option<Arc<dyn Meter>>,
+}
+
+impl http_body::Body for Streamed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(meter)) = (&polled, &self.meter)
+            && let Some(data) = frame.data_ref()
+        {
+            meter.sent(data.len() as u64);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Streamed {
+    fn drop(&mut self) {
+        if let Some(meter) = &self.meter {
+            meter.finished();
+        }
+    }
+}
 
 /// A locally made response with a `text/plain` body.
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
@@ -33,7 +89,102 @@ pub fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) ->
     response
 }
 
-/// Wraps an upstream response without copying its body.
-pub fn streamed(response: Response<Incoming>) -> Response<Body> {
-    response.map(Either::Left)
+/// Wraps an upstream response without copying its body; `meter` sees its bytes and end.
+pub fn streamed(response: Response<Incoming>, meter: Option<Arc<dyn Meter>>) -> Response<Body> {
+    response.map(|inner| Either::Left(Streamed { inner, meter }))
+}
+
+/// The request body as sent upstream. If the connection attempt fails before the body was
+/// touched, dropping it hands the body back (see [`OutgoingBody::guard`]), so the request
+/// can go to another upstream; once any of it was read, it is never replayed.
+pub struct OutgoingBody {
+    inner: Option<Incoming>,
+    touched: bool,
+    home: Option<oneshot::Sender<Incoming>>,
+    meter: Option<Arc<dyn Meter>>,
+}
+
+/// Where an untouched body comes back to.
+pub type Reclaim = oneshot::Receiver<Incoming>;
+
+impl OutgoingBody {
+    /// Wraps `body`. An empty body needs no way back (it can be rebuilt), so none is made.
+    pub fn guard(body: Incoming, meter: Option<Arc<dyn Meter>>) -> (Self, Option<Reclaim>) {
+        if http_body::Body::is_end_stream(&body) {
+            return (
+                Self {
+                    inner: Some(body),
+                    touched: false,
+                    home: None,
+                    meter,
+                },
+                None,
+            );
+        }
+        let (home, reclaim) = oneshot::channel();
+        (
+            Self {
+                inner: Some(body),
+                touched: false,
+                home: Some(home),
+                meter,
+            },
+            Some(reclaim),
+        )
+    }
+
+    /// An empty body, for retrying a request that had none.
+    pub fn empty(meter: Option<Arc<dyn Meter>>) -> Self {
+        Self {
+            inner: None,
+            touched: false,
+            home: None,
+            meter,
+        }
+    }
+}
+
+impl http_body::Body for OutgoingBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        self.touched = true;
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(meter)) = (&polled, &this.meter)
+            && let Some(data) = frame.data_ref()
+        {
+            meter.received(data.len() as u64);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_none_or(http_body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), http_body::Body::size_hint)
+    }
+}
+
+impl Drop for OutgoingBody {
+    fn drop(&mut self) {
+        if !self.touched
+            && let (Some(home), Some(inner)) = (self.home.take(), self.inner.take())
+        {
+            let _ = home.send(inner);
+        }
+    }
 }

@@ -6,7 +6,7 @@ use crate::lifecycle::ShutdownTiming;
 use crate::serve::ServerLimits;
 use clap::{Args, ValueEnum};
 use routemap::Live;
-use routemap::source::{FileSource, SourceTask, spawn};
+use routemap::source::{FileSource, FileWatchOptions, SourceTask, spawn};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -32,7 +32,8 @@ pub fn duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(number * scale).map_err(|e| format!("{text:?}: {e}"))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
@@ -70,13 +71,25 @@ pub struct MapArgs {
     /// The route map file, followed live (edits, renames, kubelet ConfigMap updates).
     #[arg(long, env = "STICKYROUTE_ROUTEMAP", value_name = "PATH")]
     pub routemap: PathBuf,
+    /// Quiet time after the last file event before the map is read again.
+    #[arg(long, value_parser = duration, default_value = "150ms", value_name = "DURATION")]
+    pub routemap_debounce: Duration,
 }
 
 impl MapArgs {
     /// Starts following the map; the handle becomes ready with the first valid map.
     pub fn start(&self) -> (Live, SourceTask) {
-        spawn(FileSource::new(&self.routemap))
+        start_file_source(&self.routemap, self.routemap_debounce)
     }
+}
+
+/// Follows a map file with the given debounce (see [`FileWatchOptions`]).
+pub fn start_file_source(path: &std::path::Path, debounce: Duration) -> (Live, SourceTask) {
+    let options = FileWatchOptions {
+        debounce,
+        ..FileWatchOptions::default()
+    };
+    spawn(FileSource::new(path).with_options(options))
 }
 
 #[derive(Debug, Clone, Args)]

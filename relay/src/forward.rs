@@ -5,10 +5,12 @@
 //! WebSocket handshake) that the upstream accepts with `101` becomes a byte tunnel between
 //! the two connections, tracked so that shutdown can wait for it.
 
+use crate::body::OutgoingBody;
 use crate::headers::{self, Forwarded};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -73,7 +75,7 @@ impl ForwardError {
 /// A keep-alive client for HTTP/1.1 upstreams, shared by every request.
 #[derive(Clone)]
 pub struct Upstreams {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, OutgoingBody>,
     response_header: Duration,
     tunnels: TaskTracker,
 }
@@ -84,6 +86,58 @@ pub struct Origin {
     pub client: SocketAddr,
     pub proto: &'static str,
     pub forwarded: Forwarded,
+}
+
+/// A request head rewritten for upstreams once (hop-by-hop headers gone, `Host` kept,
+/// `X-Forwarded-*` added), so it can be sent to a second upstream after a failed
+/// connection attempt.
+pub struct Prepared {
+    method: Method,
+    path: PathAndQuery,
+    headers: HeaderMap,
+    upgrade: Option<OnUpgrade>,
+}
+
+impl Prepared {
+    /// Splits `request` into the prepared head and its body.
+    pub fn new(mut request: Request<Incoming>, origin: Origin) -> (Self, Incoming) {
+        let upgrade = (request.version() == Version::HTTP_11
+            && headers::wants_upgrade(request.headers()))
+        .then(|| hyper::upgrade::on(&mut request));
+        let (mut parts, body) = request.into_parts();
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| authority_header(&parts.uri));
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
+        if let Some(host) = &host {
+            parts.headers.insert(header::HOST, host.clone());
+        }
+        headers::add_forwarded(
+            &mut parts.headers,
+            origin.client.ip(),
+            origin.proto,
+            host,
+            origin.forwarded,
+        );
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let prepared = Self {
+            method: parts.method,
+            path,
+            headers: parts.headers,
+            upgrade,
+        };
+        (prepared, body)
+    }
+
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
 }
 
 impl Upstreams {
@@ -108,46 +162,42 @@ impl Upstreams {
         }
     }
 
-    /// Forwards `request` to `upstream` and returns its response, streaming both bodies.
+    /// Forwards `request` to `upstream` once, streaming both bodies.
     pub async fn forward(
         &self,
-        mut request: Request<Incoming>,
+        request: Request<Incoming>,
         upstream: &Authority,
         origin: Origin,
     ) -> Result<Response<Incoming>, ForwardError> {
-        let upgrade = (request.version() == Version::HTTP_11
-            && headers::wants_upgrade(request.headers()))
-        .then(|| hyper::upgrade::on(&mut request));
-        let (mut parts, body) = request.into_parts();
+        let (mut head, body) = Prepared::new(request, origin);
+        let (body, _) = OutgoingBody::guard(body, None);
+        self.send(&mut head, body, upstream, false).await
+    }
 
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| authority_header(&parts.uri));
-        headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
-        if let Some(host) = &host {
-            parts.headers.insert(header::HOST, host.clone());
-        }
-        headers::add_forwarded(
-            &mut parts.headers,
-            origin.client.ip(),
-            origin.proto,
-            host,
-            origin.forwarded,
-        );
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        parts.uri = Uri::builder()
+    /// Sends the prepared request to `upstream`. With `keep_head` the head stays in `head`
+    /// for another attempt (a copy is sent); without it, it is moved out.
+    pub async fn send(
+        &self,
+        head: &mut Prepared,
+        body: OutgoingBody,
+        upstream: &Authority,
+        keep_head: bool,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let headers = if keep_head {
+            head.headers.clone()
+        } else {
+            std::mem::take(&mut head.headers)
+        };
+        let uri = Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(upstream.clone())
-            .path_and_query(path)
+            .path_and_query(head.path.clone())
             .build()?;
-        parts.version = Version::HTTP_11;
-        let outgoing = Request::from_parts(parts, body);
+        let mut outgoing = Request::new(body);
+        *outgoing.method_mut() = head.method.clone();
+        *outgoing.uri_mut() = uri;
+        *outgoing.headers_mut() = headers;
+        *outgoing.version_mut() = Version::HTTP_11;
 
         let sent = tokio::time::timeout(self.response_header, self.client.request(outgoing)).await;
         let mut response = match sent {
@@ -172,7 +222,7 @@ impl Upstreams {
             Ok(Ok(response)) => response,
         };
 
-        match upgrade {
+        match head.upgrade.take() {
             Some(client_side) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let upstream_side = hyper::upgrade::on(&mut response);
                 let name = upstream.clone();
@@ -184,6 +234,47 @@ impl Upstreams {
             _ => headers::strip_hop_by_hop(response.headers_mut(), false),
         }
         Ok(response)
+    }
+}
+
+impl Upstreams {
+    /// A health check: `GET path` on `upstream`, answered within `timeout`. Returns the
+    /// status; the body is discarded.
+    pub async fn probe(
+        &self,
+        upstream: &Authority,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<StatusCode, ForwardError> {
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(upstream.clone())
+            .path_and_query(path)
+            .build()?;
+        let mut request = Request::new(OutgoingBody::empty(None));
+        *request.uri_mut() = uri;
+        if let Ok(host) = HeaderValue::from_str(upstream.as_str()) {
+            request.headers_mut().insert(header::HOST, host);
+        }
+        request.headers_mut().insert(
+            header::USER_AGENT,
+            HeaderValue::from_static("stickyroute-health-check"),
+        );
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Err(_) => Err(ForwardError::Timeout {
+                upstream: upstream.clone(),
+                timeout,
+            }),
+            Ok(Err(source)) if source.is_connect() => Err(ForwardError::Connect {
+                upstream: upstream.clone(),
+                source,
+            }),
+            Ok(Err(source)) => Err(ForwardError::Upstream {
+                upstream: upstream.clone(),
+                source,
+            }),
+            Ok(Ok(response)) => Ok(response.status()),
+        }
     }
 }
 

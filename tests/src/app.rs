@@ -11,6 +11,7 @@
 //! | `/upload` | counts the streamed request body, answers the count |
 //! | `/slow?ms=N` | answers after N ms |
 //! | `/ws` | WebSocket echo |
+//! | `/status/CODE` | answers with that status |
 //! | anything else | JSON: app name, session, its counter, what arrived |
 //!
 //! Every request with a known `SESSION` cookie increments that session's counter.
@@ -61,7 +62,12 @@ impl Drop for TestApp {
 impl TestApp {
     /// Starts an app named `name` on `ip` (an address of 127.0.0.0/8) and a free port.
     pub async fn start(name: &str, ip: &str) -> Self {
-        let listener = TcpListener::bind((ip, 0)).await.expect("bind test app");
+        Self::start_on(name, SocketAddr::new(ip.parse().expect("an IP address"), 0)).await
+    }
+
+    /// Starts an app on exactly `addr` (to bring a stopped member back on its address).
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind test app");
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(State {
             name: name.to_owned(),
@@ -229,6 +235,16 @@ async fn handle(
             full(StatusCode::OK, format!("slow done by {}\n", state.name))
         }
         "/ws" => return Ok(websocket_echo(&mut req)),
+        status if status.starts_with("/status/") => {
+            let code = status["/status/".len()..]
+                .parse()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok());
+            full(
+                code.unwrap_or(StatusCode::BAD_REQUEST),
+                format!("status from {}\n", state.name),
+            )
+        }
         _ => describe(&state, &req, session.as_deref(), count),
     };
     response.headers_mut().insert(

@@ -5,7 +5,7 @@
 //!   mounted ConfigMap.
 //! - [`app::TestApp`]: a stateful web app with per-session counters, on its own 127.0.0.x.
 //! - [`process::Process`]: a real binary as a child process, with its log collected.
-//! - [`agent::Agent`]: the real `stickyroute-agent`, started through a builder.
+//! - [`agent::Agent`], [`proxy::Proxy`]: the real binaries, started through builders.
 //! - [`client`]: one-request-per-connection HTTP/1.1 and HTTP/2 client.
 #![forbid(unsafe_code)]
 // A harness fails the test that uses it by panicking with a message: that is its job.
@@ -16,6 +16,7 @@ pub mod app;
 pub mod client;
 pub mod kubelet;
 pub mod process;
+pub mod proxy;
 
 use std::time::{Duration, Instant};
 

@@ -20,7 +20,9 @@ async fn main() -> anyhow::Result<()> {
     let addr = args.next().context("usage: bench_backend ADDR [NAME]")?;
     let name = args.next().unwrap_or_else(|| "backend".into());
     let body = Bytes::from(format!("hello from {name}\n"));
-    let listener = TcpListener::bind(&addr).await.with_context(|| format!("bind {addr}"))?;
+    let listener = TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("bind {addr}"))?;
     let name = HeaderValue::from_str(&name)?;
     loop {
         let (stream, _) = listener.accept().await?;

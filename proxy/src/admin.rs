@@ -1,0 +1,156 @@
+//! The proxy's admin endpoints: `/healthz`, `/readyz`, `/metrics`, `/status`.
+
+use crate::balancer::Balancer;
+use crate::clock::now_ms;
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use routemap::{Live, MapStatus};
+use serde::Serialize;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use stickyroute_relay::admin;
+use stickyroute_relay::body::{self, Body};
+use stickyroute_relay::lifecycle::Lifecycle;
+use stickyroute_relay::serve::{ConnInfo, Handler};
+
+pub struct ProxyAdmin {
+    pub settings: Arc<Settings>,
+    pub balancer: Arc<Balancer>,
+    pub live: Live,
+    pub metrics: Arc<Metrics>,
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+#[derive(Serialize)]
+struct Status {
+    version: &'static str,
+    balancer: BalancerInfo,
+    map: MapStatus,
+    members: Vec<MemberInfo>,
+    draining: bool,
+}
+
+#[derive(Serialize)]
+struct BalancerInfo {
+    stickysession: String,
+    nofailover: bool,
+    lbmethod: crate::config::LbMethod,
+    unknown_route: crate::config::UnknownRoute,
+    retry_seconds: u64,
+    table_swaps: u64,
+}
+
+/// One member as operators see it.
+#[derive(Serialize)]
+pub struct MemberInfo {
+    pub route: String,
+    pub key: String,
+    pub address: Option<String>,
+    pub loadfactor: u8,
+    pub map_loadfactor: u8,
+    pub status: routemap::Status,
+    pub map_status: routemap::Status,
+    pub healthy: bool,
+    pub health_since_ms: u64,
+    pub requests: u64,
+    pub errors: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub busy: i64,
+    pub sticky_hits: u64,
+    pub lbstatus: i64,
+}
+
+impl MemberInfo {
+    pub fn of(m: &crate::member::Member, now: u64) -> Self {
+        Self {
+            route: m.route.to_string(),
+            key: m.key.to_string(),
+            address: m.address.map(|a| a.to_string()),
+            loadfactor: m.loadfactor(),
+            map_loadfactor: m.map_loadfactor.get(),
+            status: m.status(),
+            map_status: m.map_status,
+            healthy: m.is_healthy(now),
+            health_since_ms: m.state.health_since_ms(),
+            requests: m.state.requests.load(Relaxed),
+            errors: m.state.errors.load(Relaxed),
+            bytes_in: m.state.bytes_in.load(Relaxed),
+            bytes_out: m.state.bytes_out.load(Relaxed),
+            busy: m.state.busy.load(Relaxed),
+            sticky_hits: m.state.sticky_hits.load(Relaxed),
+            lbstatus: m.state.lbstatus.load(Relaxed),
+        }
+    }
+}
+
+impl ProxyAdmin {
+    fn status(&self) -> Status {
+        let now = now_ms();
+        let members = self
+            .balancer
+            .table()
+            .map(|t| t.members().iter().map(|m| MemberInfo::of(m, now)).collect())
+            .unwrap_or_default();
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            balancer: BalancerInfo {
+                stickysession: self.settings.sticky.describe(),
+                nofailover: self.settings.nofailover,
+                lbmethod: self.settings.lbmethod,
+                unknown_route: self.settings.unknown_route,
+                retry_seconds: self.settings.retry.as_secs(),
+                table_swaps: self.balancer.swaps(),
+            },
+            map: self.live.status(),
+            members,
+            draining: self.lifecycle.is_draining(),
+        }
+    }
+
+    fn readyz(&self) -> Response<Body> {
+        let now = now_ms();
+        let mut problems = Vec::new();
+        match self.balancer.table() {
+            None => problems.push("no route map loaded yet"),
+            Some(table)
+                if !table
+                    .members()
+                    .iter()
+                    .any(|m| m.status() != routemap::Status::Disabled && m.is_healthy(now)) =>
+            {
+                problems.push("no member is usable")
+            }
+            Some(_) => {}
+        }
+        if self.lifecycle.is_draining() {
+            problems.push("shutting down");
+        }
+        admin::readyz(&problems)
+    }
+}
+
+impl Handler for ProxyAdmin {
+    async fn handle(&self, request: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return body::text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        }
+        match request.uri().path() {
+            "/healthz" => admin::healthz(),
+            "/readyz" => self.readyz(),
+            "/metrics" => {
+                let table = self.balancer.table();
+                admin::metrics(self.metrics.render(
+                    table.as_deref(),
+                    &self.live.status(),
+                    self.balancer.swaps(),
+                    self.lifecycle.is_draining(),
+                ))
+            }
+            "/status" => body::json(StatusCode::OK, &self.status()),
+            _ => admin::not_found(),
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The proxy's options, from the command line and from a JSON config file.
+//!
+//! One struct serves both, so a key of the file is always spelled like its flag (with `_`
+//! for `-`), and unknown keys are rejected so a typo cannot silently do nothing. Every field
+//! is optional here: flags override the file, and defaults apply last ([`super::Settings`]).
+
+use clap::{Parser, ValueEnum};
+use serde::{Deserialize, Deserializer};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use stickyroute_relay::cli::{LogFormat, duration};
+
+/// How new sessions are spread over members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LbMethod {
+    /// Apache's weighted request counting: over any window of sum(loadfactor) picks each
+    /// member gets exactly its share.
+    Byrequests,
+    /// The member with the fewest requests in flight (weighted ties), for uneven request costs.
+    Bybusyness,
+}
+
+/// What a sticky route that no member has gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownRoute {
+    /// A weighted pick, as Apache does (the agent there then issues its own route).
+    Balance,
+    /// 503: for setups where landing on the wrong member is worse than an error.
+    Reject,
+}
+
+/// The sticky load balancer: routes each request by the route suffix of its sticky cookie
+/// (`balanceid=route.www1` → member www1), balances new sessions by loadfactor, and follows
+/// the route map live, with no restart.
+#[derive(Debug, Default, Parser, Deserialize)]
+#[command(name = "stickyroute-proxy", version)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyOptions {
+    /// A JSON config file with the same settings (keys spelled like the flags, `_` for `-`);
+    /// flags given on the command line override it.
+    #[arg(long, env = "STICKYROUTE_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration (and the route map) and exit: 0 when valid, 64 otherwise.
+    #[arg(long)]
+    #[serde(skip)]
+    pub check_config: bool,
+
+    /// Address to accept client traffic on; repeatable. Default 0.0.0.0:8080.
+    #[arg(
+        long,
+        env = "STICKYROUTE_LISTEN",
+        value_delimiter = ',',
+        value_name = "ADDR"
+    )]
+    pub listen: Vec<SocketAddr>,
+    /// The route map file, followed live. Each entry is a member at http://KEY:PORT.
+    #[arg(long, env = "STICKYROUTE_ROUTEMAP", value_name = "PATH")]
+    pub routemap: Option<PathBuf>,
+    /// Quiet time after the last file event before the map is read again. Default 150ms.
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    #[serde(deserialize_with = "de_duration")]
+    pub routemap_debounce: Option<Duration>,
+    /// Port of members whose map entry has no `port=`. Default 80.
+    #[arg(long, value_name = "PORT")]
+    pub member_port: Option<u16>,
+    /// The sticky cookie, or COOKIE|PARAM to also read a `;PARAM=` path parameter or
+    /// `?PARAM=` query parameter, which wins over the cookie (as Apache's stickysession).
+    /// Default balanceid.
+    #[arg(long, value_name = "COOKIE[|PARAM]")]
+    pub stickysession: Option<String>,
+    /// A request header carrying a sticky value in the same format, for API and WebSocket
+    /// clients that drop cookies. Off by default.
+    #[arg(long, value_name = "NAME")]
+    pub affinity_header: Option<String>,
+    /// When a session's member is down or disabled, answer 503 (with Retry-After) instead of
+    /// sending the user to a member that does not know the session.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub nofailover: Option<bool>,
+    /// What a sticky route that no member has gets: a weighted pick (Apache's behaviour) or
+    /// a 503. Default balance.
+    #[arg(long, value_enum, value_name = "balance|reject")]
+    pub unknown_route: Option<UnknownRoute>,
+    /// How new sessions are balanced. Default byrequests.
+    #[arg(long, value_enum)]
+    pub lbmethod: Option<LbMethod>,
+    /// How long a member that failed stays in error before real traffic tries it again.
+    /// Default 60s (Apache's retry).
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    #[serde(deserialize_with = "de_duration")]
+    pub retry: Option<Duration>,
+    /// Response statuses that put a member in error (the response is still passed on),
+    /// e.g. 503 or 500,503. Off by default.
+    #[arg(long, value_delimiter = ',', value_name = "CODES")]
+    pub failonstatus: Vec<u16>,
+
+    /// Enables active health checks: GET this path on every member.
+    #[arg(long, value_name = "PATH")]
+    pub health_path: Option<String>,
+    /// Interval between active checks. Default 5s.
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    #[serde(deserialize_with = "de_duration")]
+    pub health_interval: Option<Duration>,
+    /// Timeout of one active check. Default 2s.
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    #[serde(deserialize_with = "de_duration")]
+    pub health_timeout: Option<Duration>,
+    /// Consecutive passing checks that bring a member back. Default 2.
+    #[arg(long, value_name = "COUNT")]
+    pub health_rise: Option<u32>,
+    /// Consecutive failing checks that take a member out. Default 3.
+    #[arg(long, value_name = "COUNT")]
+    pub health_fall: Option<u32>,
+    /// How often member host names are resolved again (also on every map change).
+    /// Default 30s.
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    #[serde(deserialize_with = "de_duration")]
+    pub dns_refresh: Option<Duration>,
+
+    /// Time allowed to connect to a member. Default 5s.
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    #[serde(deserialize_with = "de_duration")]
+    pub connect_timeout: Option<Duration>,
+    /// Time allowed from sending a request to a member to its response headers. Default 60s.
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    #[serde(deserialize_with = "de_duration")]
+    pub response_timeout: Option<Duration>,
+    /// How long idle keep-alive connections to members are pooled. Default 90s.
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    #[serde(deserialize_with = "de_duration")]
+    pub upstream_idle_timeout: Option<Duration>,
+    /// Time a client has to send a complete request head; idle keep-alive client
+    /// connections close after it too. Default 10s.
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    #[serde(deserialize_with = "de_duration")]
+    pub header_read_timeout: Option<Duration>,
+    /// Largest accepted request head in bytes. Default 65536.
+    #[arg(long, value_name = "BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Most header fields in one request. Default 100.
+    #[arg(long, value_name = "COUNT")]
+    pub max_headers: Option<usize>,
+
+    /// Address of the admin endpoints (/healthz, /readyz, /metrics, /status).
+    /// Default 127.0.0.1:9900.
+    #[arg(long, env = "STICKYROUTE_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Log filter: a level or tracing directives. Default info.
+    #[arg(long, env = "STICKYROUTE_LOG")]
+    pub log_level: Option<String>,
+    /// Log line format. Default text.
+    #[arg(long, env = "STICKYROUTE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// After SIGTERM, how long to keep serving while unready. Default 5s.
+    #[arg(long, env = "STICKYROUTE_DRAIN_DELAY", value_parser = duration, value_name = "DURATION")]
+    #[serde(deserialize_with = "de_duration")]
+    pub drain_delay: Option<Duration>,
+    /// Then, how long in-flight requests and tunnels get to finish. Default 20s.
+    #[arg(long, env = "STICKYROUTE_GRACE_PERIOD", value_parser = duration, value_name = "DURATION")]
+    #[serde(deserialize_with = "de_duration")]
+    pub grace_period: Option<Duration>,
+}
+
+/// A duration in the file: `"250ms"`, `"5s"`, or a number of seconds.
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Seconds(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Seconds(s) => Ok(Some(Duration::from_secs(s))),
+        Raw::Text(t) => duration(&t).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+impl ProxyOptions {
+    /// Flags (`self`) over the file's values.
+    pub fn over(self, file: ProxyOptions) -> ProxyOptions {
+        fn list<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
+            if flag.is_empty() { file } else { flag }
+        }
+        ProxyOptions {
+            config: self.config,
+            check_config: self.check_config,
+            listen: list(self.listen, file.listen),
+            routemap: self.routemap.or(file.routemap),
+            routemap_debounce: self.routemap_debounce.or(file.routemap_debounce),
+            member_port: self.member_port.or(file.member_port),
+            stickysession: self.stickysession.or(file.stickysession),
+            affinity_header: self.affinity_header.or(file.affinity_header),
+            nofailover: self.nofailover.or(file.nofailover),
+            unknown_route: self.unknown_route.or(file.unknown_route),
+            lbmethod: self.lbmethod.or(file.lbmethod),
+            retry: self.retry.or(file.retry),
+            failonstatus: list(self.failonstatus, file.failonstatus),
+            health_path: self.health_path.or(file.health_path),
+            health_interval: self.health_interval.or(file.health_interval),
+            health_timeout: self.health_timeout.or(file.health_timeout),
+            health_rise: self.health_rise.or(file.health_rise),
+            health_fall: self.health_fall.or(file.health_fall),
+            dns_refresh: self.dns_refresh.or(file.dns_refresh),
+            connect_timeout: self.connect_timeout.or(file.connect_timeout),
+            response_timeout: self.response_timeout.or(file.response_timeout),
+            upstream_idle_timeout: self.upstream_idle_timeout.or(file.upstream_idle_timeout),
+            header_read_timeout: self.header_read_timeout.or(file.header_read_timeout),
+            max_header_bytes: self.max_header_bytes.or(file.max_header_bytes),
+            max_headers: self.max_headers.or(file.max_headers),
+            admin_listen: self.admin_listen.or(file.admin_listen),
+            log_level: self.log_level.or(file.log_level),
+            log_format: self.log_format.or(file.log_format),
+            drain_delay: self.drain_delay.or(file.drain_delay),
+            grace_period: self.grace_period.or(file.grace_period),
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! The request path: pick the member (sticky value first, then a weighted pick), forward,
+//! and on a failed connection try another member when that is allowed.
+//!
+//! | request | member usable | result |
+//! | --- | --- | --- |
+//! | sticky route of a member | yes | that member (drain members too) |
+//! | sticky route of a member | no (error, disabled, unresolved) | `--nofailover`: 503 + `Retry-After`; else a weighted pick |
+//! | sticky route nobody has | — | weighted pick (`--unknown-route reject`: 503) |
+//! | no sticky value, or no route in it | — | weighted pick |
+
+use crate::balance::{account_sticky, pick};
+use crate::clock::now_ms;
+use crate::config::{Settings, UnknownRoute};
+use crate::member::Member;
+use crate::metrics::{Metrics, Outcome};
+use crate::sticky::Sticky;
+use crate::table::MemberTable;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use routemap::Status;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use stickyroute_relay::body::{self, Body, Meter, OutgoingBody};
+use stickyroute_relay::forward::{ForwardError, Origin, Prepared, Upstreams};
+use stickyroute_relay::headers::Forwarded;
+use stickyroute_relay::serve::{ConnInfo, Handler};
+
+/// At most this many members are tried for one request whose connections fail.
+const MAX_ATTEMPTS: usize = 3;
+
+pub struct Proxy {
+    pub settings: Arc<Settings>,
+    pub balancer: Arc<crate::balancer::Balancer>,
+    pub upstreams: Upstreams,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The member chosen for a request, and whether it may be replaced after a failed
+/// connection (not for a session pinned by `--nofailover`).
+struct Choice {
+    index: usize,
+    outcome: Outcome,
+    may_retry: bool,
+}
+
+/// Why no member was chosen.
+struct Refusal {
+    outcome: Outcome,
+    retry_after: Option<Duration>,
+    message: String,
+}
+
+/// The request body not yet sent anywhere.
+enum Unsent {
+    Body(Incoming),
+    Empty,
+}
+
+impl Proxy {
+    fn choose(&self, table: &MemberTable, sticky: Sticky<'_>, now: u64) -> Result<Choice, Refusal> {
+        let members = table.members();
+        let weighted = |outcome: Outcome| {
+            pick(members, self.settings.lbmethod, now, &[])
+                .map(|index| Choice {
+                    index,
+                    outcome,
+                    may_retry: true,
+                })
+                .ok_or_else(|| no_member(members))
+        };
+        let route = match sticky {
+            Sticky::Absent => return weighted(Outcome::New),
+            Sticky::Malformed => return weighted(Outcome::Malformed),
+            Sticky::Route(route) => route,
+        };
+        let Some(member) = table.by_route(route) else {
+            if self.settings.unknown_route == UnknownRoute::Reject {
+                return Err(Refusal {
+                    outcome: Outcome::UnknownRoute,
+                    retry_after: None,
+                    message: format!("no server has route {route}"),
+                });
+            }
+            return weighted(Outcome::UnknownRoute);
+        };
+        let index = members
+            .iter()
+            .position(|m| Arc::ptr_eq(m, member))
+            .unwrap_or(0);
+        let status = member.status();
+        // Apache's forcerecovery: when every member is in error, try them anyway.
+        let usable = status != Status::Disabled
+            && member.authority.is_some()
+            && (member.is_healthy(now) || members.iter().all(|m| !m.is_healthy(now)));
+        if usable {
+            account_sticky(members, index, now);
+            member.state.sticky_hits.fetch_add(1, Relaxed);
+            return Ok(Choice {
+                index,
+                outcome: if status == Status::Drain {
+                    Outcome::DrainedHit
+                } else {
+                    Outcome::Hit
+                },
+                may_retry: !self.settings.nofailover,
+            });
+        }
+        if self.settings.nofailover {
+            return Err(self.refuse_pinned(member, now));
+        }
+        weighted(Outcome::Failover)
+    }
+
+    /// 503 for a session whose member cannot serve it, under `--nofailover`.
+    fn refuse_pinned(&self, member: &Member, now: u64) -> Refusal {
+        Refusal {
+            outcome: Outcome::NofailoverRefused,
+            retry_after: Some(
+                member
+                    .state
+                    .error_remaining(now)
+                    .unwrap_or(self.settings.retry),
+            ),
+            message: format!(
+                "the server holding this session ({}) is unavailable; try again shortly",
+                member.route
+            ),
+        }
+    }
+
+    async fn forward(
+        &self,
+        table: Arc<MemberTable>,
+        request: Request<Incoming>,
+        conn: ConnInfo,
+        mut choice: Choice,
+    ) -> Response<Body> {
+        let origin = Origin {
+            client: conn.remote,
+            proto: "http",
+            forwarded: Forwarded::Edge,
+        };
+        let (mut head, body) = Prepared::new(request, origin);
+        let mut unsent = Unsent::Body(body);
+        let mut tried: Vec<usize> = Vec::new();
+        loop {
+            self.metrics.outcome(choice.outcome);
+            let member = &table.members()[choice.index];
+            let Some(authority) = member.authority.as_ref() else {
+                return refusal_response(no_member(table.members()));
+            };
+            let state = &member.state;
+            state.requests.fetch_add(1, Relaxed);
+            state.busy.fetch_add(1, Relaxed);
+            let meter: Arc<dyn Meter> = state.clone();
+            let (outgoing, reclaim) = match unsent {
+                Unsent::Body(body) => OutgoingBody::guard(body, Some(meter.clone())),
+                Unsent::Empty => (OutgoingBody::empty(Some(meter.clone())), None),
+            };
+            let keep_head =
+                choice.may_retry && tried.len() + 1 < MAX_ATTEMPTS.min(table.members().len());
+            let error = match self
+                .upstreams
+                .send(&mut head, outgoing, authority, keep_head)
+                .await
+            {
+                Ok(response) => {
+                    if self.settings.failonstatus.contains(&response.status()) {
+                        state.errors.fetch_add(1, Relaxed);
+                        state.mark_error(self.settings.retry);
+                        tracing::warn!(route = %member.route, status = %response.status(), "member answered a failonstatus code; in error for the retry time");
+                    } else {
+                        state.mark_ok();
+                    }
+                    return body::streamed(response, Some(meter));
+                }
+                Err(error) => error,
+            };
+            state.busy.fetch_sub(1, Relaxed);
+            state.errors.fetch_add(1, Relaxed);
+            state.mark_error(self.settings.retry);
+            tracing::warn!(route = %member.route, %error, retry = ?self.settings.retry, "member failed; in error for the retry time");
+            // Only a request none of whose body was sent goes elsewhere.
+            let reclaimed = match reclaim {
+                None => Some(Unsent::Empty),
+                Some(mut reclaim) => reclaim.try_recv().ok().map(Unsent::Body),
+            };
+            let next = match (error.is_connect() && keep_head, reclaimed) {
+                (true, Some(body)) => {
+                    tried.push(choice.index);
+                    pick(table.members(), self.settings.lbmethod, now_ms(), &tried)
+                        .map(|index| (index, body))
+                }
+                _ => None,
+            };
+            match next {
+                Some((index, body)) => {
+                    self.metrics.retry();
+                    unsent = body;
+                    choice = Choice {
+                        index,
+                        outcome: Outcome::Failover,
+                        may_retry: true,
+                    };
+                }
+                None if !choice.may_retry && error.is_connect() => {
+                    // A session pinned by --nofailover whose member just went away.
+                    let refusal = self.refuse_pinned(member, now_ms());
+                    self.metrics.outcome(refusal.outcome);
+                    return refusal_response(refusal);
+                }
+                None if error.is_connect() => {
+                    let refusal = no_member(table.members());
+                    self.metrics.outcome(refusal.outcome);
+                    return refusal_response(refusal);
+                }
+                None => return error_response(&error),
+            }
+        }
+    }
+}
+
+fn no_member(members: &[Arc<Member>]) -> Refusal {
+    Refusal {
+        outcome: Outcome::NoMember,
+        retry_after: Some(Duration::from_secs(5)),
+        message: if members.is_empty() {
+            "no servers are configured".to_owned()
+        } else {
+            "no server is available".to_owned()
+        },
+    }
+}
+
+fn refusal_response(refusal: Refusal) -> Response<Body> {
+    let mut response = body::text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("503 Service Unavailable: {}\n", refusal.message),
+    );
+    if let Some(after) = refusal.retry_after {
+        let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    }
+    response
+}
+
+fn error_response(error: &ForwardError) -> Response<Body> {
+    body::text(error.status(), format!("{}\n", error.status()))
+}
+
+impl Handler for Proxy {
+    async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let Some(table) = self.balancer.table() else {
+            return refusal_response(Refusal {
+                outcome: Outcome::NoMember,
+                retry_after: Some(Duration::from_secs(5)),
+                message: "no route map loaded yet".to_owned(),
+            });
+        };
+        let path = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let sticky = self.settings.sticky.extract(path, request.headers());
+        match self.choose(&table, sticky, now_ms()) {
+            Ok(choice) => self.forward(table, request, conn, choice).await,
+            Err(refusal) => {
+                self.metrics.outcome(refusal.outcome);
+                refusal_response(refusal)
+            }
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! `stickyroute-proxy`: the front load balancer. It routes each request by the route suffix
+//! of its sticky value, balances new sessions by loadfactor, and rebuilds its member table
+//! from the live route map, swapping it in without a restart or a lock on the request path.
+//!
+//! - [`config`]: flags and JSON file, merged and validated.
+//! - [`sticky`]: where the sticky value comes from (parameter, header, cookie).
+//! - [`member`]: a member and its runtime state (health, counters, score, overrides).
+//! - [`table`]: the member table built from one snapshot, with its swap diff.
+//! - [`balancer`]: the live table, following map changes and DNS.
+//! - [`balance`]: Apache's byrequests and bybusyness.
+//! - [`health`]: active health checks.
+//! - [`handler`]: the request path; [`admin`] and [`metrics`]: what operators see.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod balance;
+pub mod balancer;
+mod clock;
+pub mod config;
+pub mod handler;
+pub mod health;
+pub mod member;
+pub mod metrics;
+pub mod sticky;
+pub mod table;

@@ -1,0 +1,245 @@
+//! A member: one route map entry the proxy forwards to, plus its runtime state.
+//!
+//! The split matters for live reloads: a [`Member`] is rebuilt with every member table,
+//! while its [`MemberState`] (health, counters, balancing score, operator overrides) is
+//! carried over to the new table whenever the entry's key and route are unchanged.
+
+use crate::clock::now_ms;
+use http::uri::Authority;
+use routemap::{Key, LoadFactor, RouteId, Status};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime};
+use stickyroute_relay::body::Meter;
+
+/// Runtime state of a member; shared by every table that has this member.
+#[derive(Debug)]
+pub struct MemberState {
+    /// Apache's `lbstatus`: the weighted request counting score.
+    pub lbstatus: AtomicI64,
+    /// Requests in flight.
+    pub busy: AtomicI64,
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub sticky_hits: AtomicU64,
+    /// Passive health: in error until this [`now_ms`] instant; 0 when not in error.
+    error_until: AtomicU64,
+    /// Wall-clock milliseconds since the epoch when the current health state began.
+    health_since: AtomicU64,
+    /// Active health: false once `fall` checks failed in a row, true again after `rise`.
+    active_up: AtomicBool,
+    active_streak: AtomicU32,
+    /// Operator overrides (balancer-manager); 0 means "as in the map".
+    status_override: AtomicU8,
+    loadfactor_override: AtomicU8,
+}
+
+impl Default for MemberState {
+    fn default() -> Self {
+        Self {
+            lbstatus: AtomicI64::new(0),
+            busy: AtomicI64::new(0),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            sticky_hits: AtomicU64::new(0),
+            error_until: AtomicU64::new(0),
+            health_since: AtomicU64::new(wall_ms()),
+            active_up: AtomicBool::new(true),
+            active_streak: AtomicU32::new(0),
+            status_override: AtomicU8::new(0),
+            loadfactor_override: AtomicU8::new(0),
+        }
+    }
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl MemberState {
+    /// Passive health: puts the member in error for `retry` (connect failure, timeout,
+    /// `failonstatus`). After that, real traffic tries it again.
+    pub fn mark_error(&self, retry: Duration) {
+        let was_ok = self
+            .error_until
+            .swap(now_ms() + retry.as_millis() as u64, Relaxed)
+            == 0;
+        if was_ok {
+            self.health_since.store(wall_ms(), Relaxed);
+        }
+    }
+
+    /// A request succeeded: clears a passive error whose retry time has passed.
+    pub fn mark_ok(&self) {
+        if self.error_until.load(Relaxed) != 0 && self.error_until.swap(0, Relaxed) != 0 {
+            self.health_since.store(wall_ms(), Relaxed);
+        }
+    }
+
+    /// Not in passive error at `now` and not taken out by active checks.
+    pub fn is_healthy(&self, now: u64) -> bool {
+        let until = self.error_until.load(Relaxed);
+        (until == 0 || until <= now) && self.active_up.load(Relaxed)
+    }
+
+    /// Seconds until the passive error ends (for `Retry-After`), if in error.
+    pub fn error_remaining(&self, now: u64) -> Option<Duration> {
+        let until = self.error_until.load(Relaxed);
+        (until > now).then(|| Duration::from_millis(until - now))
+    }
+
+    /// One active check result; flips the state after `rise` passes or `fall` failures in
+    /// a row. Returns the new state when it changed.
+    pub fn record_check(&self, passed: bool, rise: u32, fall: u32) -> Option<bool> {
+        let up = self.active_up.load(Relaxed);
+        if passed == up {
+            self.active_streak.store(0, Relaxed);
+            return None;
+        }
+        let streak = self.active_streak.fetch_add(1, Relaxed) + 1;
+        if streak >= if passed { rise } else { fall } {
+            self.active_up.store(passed, Relaxed);
+            self.active_streak.store(0, Relaxed);
+            self.health_since.store(wall_ms(), Relaxed);
+            return Some(passed);
+        }
+        None
+    }
+
+    pub fn health_since_ms(&self) -> u64 {
+        self.health_since.load(Relaxed)
+    }
+
+    pub fn status_override(&self) -> Option<Status> {
+        match self.status_override.load(Relaxed) {
+            0 => None,
+            n => Status::ALL.get(usize::from(n) - 1).copied(),
+        }
+    }
+
+    pub fn set_status_override(&self, status: Option<Status>) {
+        let code = status.map_or(0, |s| {
+            Status::ALL
+                .iter()
+                .position(|x| *x == s)
+                .map_or(0, |i| i as u8 + 1)
+        });
+        self.status_override.store(code, Relaxed);
+    }
+
+    pub fn loadfactor_override(&self) -> Option<LoadFactor> {
+        LoadFactor::new(u32::from(self.loadfactor_override.load(Relaxed)))
+    }
+
+    pub fn set_loadfactor_override(&self, loadfactor: Option<LoadFactor>) {
+        self.loadfactor_override
+            .store(loadfactor.map_or(0, LoadFactor::get), Relaxed);
+    }
+}
+
+impl Meter for MemberState {
+    fn received(&self, bytes: u64) {
+        self.bytes_in.fetch_add(bytes, Relaxed);
+    }
+
+    fn sent(&self, bytes: u64) {
+        self.bytes_out.fetch_add(bytes, Relaxed);
+    }
+
+    fn finished(&self) {
+        self.busy.fetch_sub(1, Relaxed);
+    }
+}
+
+/// One member of one member table.
+#[derive(Debug)]
+pub struct Member {
+    pub route: RouteId,
+    pub key: Key,
+    pub port: u16,
+    /// Where to connect; `None` while a name key does not resolve (the member is unusable).
+    pub address: Option<SocketAddr>,
+    pub authority: Option<Authority>,
+    /// As in the map; see [`Member::loadfactor`] for the effective value.
+    pub map_loadfactor: LoadFactor,
+    pub map_status: Status,
+    pub state: std::sync::Arc<MemberState>,
+}
+
+impl Member {
+    pub fn status(&self) -> Status {
+        self.state.status_override().unwrap_or(self.map_status)
+    }
+
+    pub fn loadfactor(&self) -> u8 {
+        self.state
+            .loadfactor_override()
+            .unwrap_or(self.map_loadfactor)
+            .get()
+    }
+
+    /// Reachable and not in error.
+    pub fn is_healthy(&self, now: u64) -> bool {
+        self.authority.is_some() && self.state.is_healthy(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passive_errors_expire_after_the_retry_time() {
+        let state = MemberState::default();
+        let now = now_ms();
+        assert!(state.is_healthy(now));
+        state.mark_error(Duration::from_secs(60));
+        assert!(!state.is_healthy(now_ms()));
+        assert!(state.error_remaining(now_ms()).unwrap() > Duration::from_secs(59));
+        assert!(
+            state.is_healthy(now_ms() + 60_001),
+            "usable again once retry has passed"
+        );
+        state.mark_ok();
+        assert!(state.is_healthy(now_ms()));
+    }
+
+    #[test]
+    fn active_checks_need_fall_failures_and_rise_passes_in_a_row() {
+        let state = MemberState::default();
+        assert_eq!(state.record_check(false, 2, 3), None);
+        assert_eq!(state.record_check(false, 2, 3), None);
+        assert_eq!(
+            state.record_check(true, 2, 3),
+            None,
+            "a pass resets the failure streak"
+        );
+        assert_eq!(state.record_check(false, 2, 3), None);
+        assert_eq!(state.record_check(false, 2, 3), None);
+        assert_eq!(state.record_check(false, 2, 3), Some(false));
+        assert!(!state.is_healthy(now_ms()));
+        assert_eq!(state.record_check(true, 2, 3), None);
+        assert_eq!(state.record_check(true, 2, 3), Some(true));
+        assert!(state.is_healthy(now_ms()));
+    }
+
+    #[test]
+    fn overrides_round_trip() {
+        let state = MemberState::default();
+        assert_eq!(state.status_override(), None);
+        for s in Status::ALL {
+            state.set_status_override(Some(s));
+            assert_eq!(state.status_override(), Some(s));
+        }
+        state.set_status_override(None);
+        assert_eq!(state.status_override(), None);
+        state.set_loadfactor_override(LoadFactor::new(42));
+        assert_eq!(state.loadfactor_override().map(LoadFactor::get), Some(42));
+    }
+}
