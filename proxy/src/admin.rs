@@ -21,6 +21,7 @@ pub struct ProxyAdmin {
     pub live: Live,
     pub metrics: Arc<Metrics>,
     pub lifecycle: Arc<Lifecycle>,
+    pub access: crate::manager::access::Access,
 }
 
 #[derive(Serialize)]
@@ -32,14 +33,15 @@ struct Status {
     draining: bool,
 }
 
+/// The balancer's settings, as shown in `/status` and the balancer-manager.
 #[derive(Serialize)]
-struct BalancerInfo {
-    stickysession: String,
-    nofailover: bool,
-    lbmethod: crate::config::LbMethod,
-    unknown_route: crate::config::UnknownRoute,
-    retry_seconds: u64,
-    table_swaps: u64,
+pub struct BalancerInfo {
+    pub stickysession: String,
+    pub nofailover: bool,
+    pub lbmethod: crate::config::LbMethod,
+    pub unknown_route: crate::config::UnknownRoute,
+    pub retry_seconds: u64,
+    pub table_swaps: u64,
 }
 
 /// One member as operators see it.
@@ -87,6 +89,17 @@ impl MemberInfo {
 }
 
 impl ProxyAdmin {
+    pub fn balancer_info(&self) -> BalancerInfo {
+        BalancerInfo {
+            stickysession: self.settings.sticky.describe(),
+            nofailover: self.settings.nofailover,
+            lbmethod: self.settings.lbmethod,
+            unknown_route: self.settings.unknown_route,
+            retry_seconds: self.settings.retry.as_secs(),
+            table_swaps: self.balancer.swaps(),
+        }
+    }
+
     fn status(&self) -> Status {
         let now = now_ms();
         let members = self
@@ -96,14 +109,7 @@ impl ProxyAdmin {
             .unwrap_or_default();
         Status {
             version: env!("CARGO_PKG_VERSION"),
-            balancer: BalancerInfo {
-                stickysession: self.settings.sticky.describe(),
-                nofailover: self.settings.nofailover,
-                lbmethod: self.settings.lbmethod,
-                unknown_route: self.settings.unknown_route,
-                retry_seconds: self.settings.retry.as_secs(),
-                table_swaps: self.balancer.swaps(),
-            },
+            balancer: self.balancer_info(),
             map: self.live.status(),
             members,
             draining: self.lifecycle.is_draining(),
@@ -133,7 +139,11 @@ impl ProxyAdmin {
 }
 
 impl Handler for ProxyAdmin {
-    async fn handle(&self, request: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
+    async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let path = request.uri().path();
+        if path == "/balancer-manager" || path.starts_with("/balancer-manager/") {
+            return self.manager(request, conn).await;
+        }
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return body::text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
         }

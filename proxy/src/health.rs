@@ -18,7 +18,7 @@ pub async fn run(balancer: Arc<Balancer>, upstreams: Upstreams, check: HealthChe
             let authority = member.authority.clone()?;
             let (upstreams, check) = (&upstreams, &check);
             Some(async move {
-                let result = upstreams.probe(&authority, &check.path, check.timeout).await;
+                let result = upstreams.get(&authority, &check.path, check.timeout).await.map(|r| r.status());
                 let passed = matches!(&result, Ok(status) if status.is_success() || status.is_redirection());
                 if let Some(up) = member.state.record_check(passed, check.rise, check.fall) {
                     let detail = match &result {

@@ -10,6 +10,7 @@
 //! - [`balance`]: Apache's byrequests and bybusyness.
 //! - [`health`]: active health checks.
 //! - [`handler`]: the request path; [`admin`] and [`metrics`]: what operators see.
+//! - [`manager`]: the balancer-manager page and API (see and steer members at runtime).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -19,6 +20,7 @@ mod clock;
 pub mod config;
 pub mod handler;
 pub mod health;
+pub mod manager;
 pub mod member;
 pub mod metrics;
 pub mod sticky;

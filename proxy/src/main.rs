@@ -11,6 +11,8 @@ use stickyroute_proxy::balancer::{Balancer, follow};
 use stickyroute_proxy::config::{ProxyOptions, Settings};
 use stickyroute_proxy::handler::Proxy;
 use stickyroute_proxy::health;
+use stickyroute_proxy::manager::access::Access;
+use stickyroute_proxy::manager::agents;
 use stickyroute_proxy::metrics::Metrics;
 use stickyroute_relay::cli::start_file_source;
 use stickyroute_relay::forward::Upstreams;
@@ -23,7 +25,7 @@ const EXIT_CONFIG: u8 = 64;
 fn main() -> ExitCode {
     let options = ProxyOptions::parse();
     let check_only = options.check_config;
-    let settings = match options.settings() {
+    let settings = match options.settings(std::env::var("STICKYROUTE_ADMIN_TOKEN").ok()) {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("stickyroute-proxy: invalid configuration: {error}");
@@ -96,6 +98,14 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
     if let Some(check) = settings.health.clone() {
         tokio::spawn(health::run(balancer.clone(), upstreams.clone(), check));
     }
+    if let Some(port) = settings.agent_admin_port {
+        tokio::spawn(agents::poll(
+            balancer.clone(),
+            upstreams.clone(),
+            port,
+            settings.agent_poll_interval,
+        ));
+    }
     let metrics = Arc::new(Metrics::default());
     let mut listeners = Vec::new();
     for addr in &settings.listen {
@@ -129,6 +139,7 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
         live,
         metrics,
         lifecycle: lifecycle.clone(),
+        access: Access::new(settings.admin_allow.clone(), settings.admin_tokens.clone()),
     };
     let grace = settings.shutdown.grace;
     let admin_task = tokio::spawn(serve(

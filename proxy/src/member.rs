@@ -34,6 +34,20 @@ pub struct MemberState {
     /// Operator overrides (balancer-manager); 0 means "as in the map".
     status_override: AtomicU8,
     loadfactor_override: AtomicU8,
+    /// What this member's agent last reported (when `--agent-admin-port` is set).
+    pub agent: arc_swap::ArcSwapOption<AgentReport>,
+}
+
+/// An agent's `/status`, as far as the proxy cares: which map it runs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AgentReport {
+    /// The agent's map hash; `None` when it could not be read.
+    pub map_hash: Option<String>,
+    pub map_generation: Option<u64>,
+    /// Why the status could not be read.
+    pub error: Option<String>,
+    /// Wall-clock milliseconds since the epoch.
+    pub at_ms: u64,
 }
 
 impl Default for MemberState {
@@ -52,11 +66,12 @@ impl Default for MemberState {
             active_streak: AtomicU32::new(0),
             status_override: AtomicU8::new(0),
             loadfactor_override: AtomicU8::new(0),
+            agent: arc_swap::ArcSwapOption::empty(),
         }
     }
 }
 
-fn wall_ms() -> u64 {
+pub fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

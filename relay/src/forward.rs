@@ -238,14 +238,14 @@ impl Upstreams {
 }
 
 impl Upstreams {
-    /// A health check: `GET path` on `upstream`, answered within `timeout`. Returns the
-    /// status; the body is discarded.
-    pub async fn probe(
+    /// `GET path` on `upstream` (health checks, agents' `/status`): the response head must
+    /// arrive within `timeout`.
+    pub async fn get(
         &self,
         upstream: &Authority,
         path: &str,
         timeout: Duration,
-    ) -> Result<StatusCode, ForwardError> {
+    ) -> Result<Response<Incoming>, ForwardError> {
         let uri = Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(upstream.clone())
@@ -273,7 +273,7 @@ impl Upstreams {
                 upstream: upstream.clone(),
                 source,
             }),
-            Ok(Ok(response)) => Ok(response.status()),
+            Ok(Ok(response)) => Ok(response),
         }
     }
 }

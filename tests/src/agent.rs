@@ -22,12 +22,27 @@ impl Agent {
     /// An agent listening on `listen_ip` (port chosen by the OS), in front of `upstream`,
     /// following `routemap`. Draining is immediate unless a test asks otherwise.
     pub fn builder(listen_ip: &str, upstream: SocketAddr, routemap: &Path) -> AgentBuilder {
+        Self::builder_at(
+            &format!("{listen_ip}:0"),
+            &format!("{listen_ip}:0"),
+            upstream,
+            routemap,
+        )
+    }
+
+    /// An agent on exactly these traffic and admin addresses.
+    pub fn builder_at(
+        listen: &str,
+        admin: &str,
+        upstream: SocketAddr,
+        routemap: &Path,
+    ) -> AgentBuilder {
         AgentBuilder {
             args: vec![
                 "--listen".into(),
-                format!("{listen_ip}:0"),
+                listen.to_owned(),
                 "--admin-listen".into(),
-                format!("{listen_ip}:0"),
+                admin.to_owned(),
                 "--upstream".into(),
                 upstream.to_string(),
                 "--routemap".into(),

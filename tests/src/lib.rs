@@ -7,6 +7,8 @@
 //! - [`process::Process`]: a real binary as a child process, with its log collected.
 //! - [`agent::Agent`], [`proxy::Proxy`]: the real binaries, started through builders.
 //! - [`client`]: one-request-per-connection HTTP/1.1 and HTTP/2 client.
+//! - [`cluster::Cluster`]: backends behind the real proxy, with their map file.
+//! - [`webdriver::Browser`]: headless Chromium driven through chromedriver.
 #![forbid(unsafe_code)]
 // A harness fails the test that uses it by panicking with a message: that is its job.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -14,9 +16,11 @@
 pub mod agent;
 pub mod app;
 pub mod client;
+pub mod cluster;
 pub mod kubelet;
 pub mod process;
 pub mod proxy;
+pub mod webdriver;
 
 use std::time::{Duration, Instant};
 

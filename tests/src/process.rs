@@ -35,7 +35,17 @@ impl Process {
     /// Starts `binary` with `args` and no inherited environment variables but `extra_env`
     /// (so a developer's POD_IP or STICKYROUTE_* never leaks into a test).
     pub fn start(binary: &str, args: &[String], extra_env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(self::binary(binary));
+        Self::start_path(&self::binary(binary), args, extra_env)
+    }
+
+    /// Like [`Process::start`], for a program given by path.
+    pub fn start_path(
+        program: &std::path::Path,
+        args: &[String],
+        extra_env: &[(&str, &str)],
+    ) -> Self {
+        let binary = program.display().to_string();
+        let mut command = Command::new(program);
         command
             .args(args)
             .env_clear()
@@ -59,7 +69,7 @@ impl Process {
             }
         });
         Self {
-            name: binary.to_owned(),
+            name: binary,
             child: Mutex::new(child),
             log,
         }

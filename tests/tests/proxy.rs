@@ -3,127 +3,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use futures_util::{SinkExt, StreamExt};
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use stickyroute_tests::PATIENCE;
 use stickyroute_tests::app::TestApp;
 use stickyroute_tests::client::{Protocol, connect, get};
-use stickyroute_tests::proxy::Proxy;
-use tempfile::TempDir;
+use stickyroute_tests::cluster::{Cluster, counts};
 use tokio_tungstenite::tungstenite::Message;
-
-/// The seed's members: route, address, loadfactor.
-const SEED: [(&str, &str, u8); 4] = [
-    ("www1", "127.0.0.2", 60),
-    ("www2", "127.0.0.3", 60),
-    ("www3", "127.0.0.4", 60),
-    ("www0", "127.0.0.5", 20),
-];
-
-struct Cluster {
-    dir: TempDir,
-    map: PathBuf,
-    apps: HashMap<&'static str, TestApp>,
-    proxy: Proxy,
-}
-
-fn line(app: &TestApp, route: &str, extra: &str) -> String {
-    format!(
-        "{} {route} port={} {extra}\n",
-        app.addr().ip(),
-        app.addr().port()
-    )
-}
-
-impl Cluster {
-    async fn start(members: &[(&'static str, &str, u8)], args: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let map = dir.path().join("routemap");
-        let mut apps = HashMap::new();
-        let mut text = String::new();
-        for (route, ip, weight) in members {
-            let app = TestApp::start(route, ip).await;
-            text.push_str(&line(&app, route, &format!("loadfactor={weight}")));
-            apps.insert(*route, app);
-        }
-        std::fs::write(&map, text).unwrap();
-        let proxy = Proxy::builder(&map).args(args).start();
-        let cluster = Self {
-            dir,
-            map,
-            apps,
-            proxy,
-        };
-        cluster.wait_swaps(1).await;
-        cluster
-    }
-
-    async fn seed(args: &[&str]) -> Self {
-        Self::start(&SEED, args).await
-    }
-
-    /// Rewrites the map (editor style) from (route, extra attributes) pairs.
-    fn write_map(&self, members: &[(&str, &str)]) {
-        let text: String = members
-            .iter()
-            .map(|(route, extra)| line(&self.apps[route], route, extra))
-            .collect();
-        let tmp = self.dir.path().join("routemap.tmp");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, &self.map).unwrap();
-    }
-
-    async fn status(&self) -> serde_json::Value {
-        get(self.proxy.admin, "/status").send().await.json()
-    }
-
-    async fn wait_swaps(&self, at_least: u64) {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let swaps = get(self.proxy.admin, "/status")
-                .try_send()
-                .await
-                .ok()
-                .map(|r| r.json()["balancer"]["table_swaps"].as_u64().unwrap_or(0));
-            if swaps.unwrap_or(0) >= at_least {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no table swap {at_least}; log:\n{}",
-                self.proxy.process.log().join("\n")
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Which member answers a request with this Cookie header (None: no cookie).
-    async fn answer(&self, cookie: Option<&str>) -> (u16, Option<String>) {
-        let mut call = get(self.proxy.addr, "/");
-        if let Some(cookie) = cookie {
-            call = call.header("cookie", cookie);
-        }
-        let reply = call.send().await;
-        (reply.status.as_u16(), reply.header("x-app"))
-    }
-
-    async fn distribution(&self, requests: usize) -> HashMap<String, usize> {
-        let mut counts = HashMap::new();
-        for _ in 0..requests {
-            let (status, app) = self.answer(None).await;
-            assert_eq!(status, 200);
-            *counts.entry(app.unwrap()).or_insert(0) += 1;
-        }
-        counts
-    }
-}
-
-fn counts(pairs: &[(&str, usize)]) -> HashMap<String, usize> {
-    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seeds_cookie_routes_to_its_member_every_time() {

@@ -4,6 +4,7 @@ mod options;
 
 pub use options::{LbMethod, ProxyOptions, UnknownRoute};
 
+use crate::manager::access::{Cidr, Token, load_tokens};
 use crate::sticky::StickySpec;
 use http::StatusCode;
 use std::net::SocketAddr;
@@ -41,6 +42,10 @@ pub enum ConfigError {
     HealthCounts,
     #[error("--member-port must not be 0")]
     MemberPort,
+    #[error("--admin-allow {0}")]
+    AdminAllow(String),
+    #[error("{0}")]
+    Tokens(String),
 }
 
 /// Active health checking, when `--health-path` is given.
@@ -71,6 +76,10 @@ pub struct Settings {
     pub upstream: UpstreamTimeouts,
     pub limits: ServerLimits,
     pub admin_listen: SocketAddr,
+    pub admin_allow: Vec<Cidr>,
+    pub admin_tokens: Vec<Token>,
+    pub agent_admin_port: Option<u16>,
+    pub agent_poll_interval: Duration,
     pub log: LogArgs,
     pub shutdown: ShutdownTiming,
 }
@@ -89,7 +98,9 @@ pub fn read_file(path: &Path) -> Result<ProxyOptions, ConfigError> {
 
 impl ProxyOptions {
     /// Merges the config file (if any) under the flags and validates the result.
-    pub fn settings(self) -> Result<Settings, ConfigError> {
+    /// `env_token` is the `STICKYROUTE_ADMIN_TOKEN` value, passed in so tests never touch
+    /// the process environment.
+    pub fn settings(self, env_token: Option<String>) -> Result<Settings, ConfigError> {
         let merged = match &self.config {
             Some(path) => {
                 let file = read_file(path)?;
@@ -97,10 +108,21 @@ impl ProxyOptions {
             }
             None => self,
         };
-        merged.validate()
+        merged.validate(env_token)
     }
 
-    fn validate(self) -> Result<Settings, ConfigError> {
+    fn validate(self, env_token: Option<String>) -> Result<Settings, ConfigError> {
+        let admin_allow = if self.admin_allow.is_empty() {
+            Cidr::loopback()
+        } else {
+            self.admin_allow
+                .iter()
+                .map(|c| c.parse())
+                .collect::<Result<Vec<Cidr>, String>>()
+                .map_err(ConfigError::AdminAllow)?
+        };
+        let admin_tokens = load_tokens(self.admin_token_file.as_deref(), env_token)
+            .map_err(ConfigError::Tokens)?;
         let routemap = self.routemap.ok_or(ConfigError::NoRouteMap)?;
         let member_port = self.member_port.unwrap_or(80);
         if member_port == 0 {
@@ -173,6 +195,10 @@ impl ProxyOptions {
             admin_listen: self
                 .admin_listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9900))),
+            admin_allow,
+            admin_tokens,
+            agent_admin_port: self.agent_admin_port,
+            agent_poll_interval: self.agent_poll_interval.unwrap_or(Duration::from_secs(10)),
             log: LogArgs {
                 log_level: self.log_level.unwrap_or_else(|| "info".to_owned()),
                 log_format: self.log_format.unwrap_or(LogFormat::Text),
@@ -199,7 +225,7 @@ mod tests {
 
     #[test]
     fn defaults_follow_apache_where_apache_has_one() {
-        let s = parse(&["--routemap", "/m"]).settings().unwrap();
+        let s = parse(&["--routemap", "/m"]).settings(None).unwrap();
         assert_eq!(s.retry, Duration::from_secs(60));
         assert_eq!(s.lbmethod, LbMethod::Byrequests);
         assert!(!s.nofailover);
@@ -227,7 +253,7 @@ mod tests {
             "5s",
             "--nofailover=false",
         ])
-        .settings()
+        .settings(None)
         .unwrap();
         assert_eq!(s.routemap, PathBuf::from("/etc/m"));
         assert_eq!(s.retry, Duration::from_secs(5), "the flag wins");
@@ -239,7 +265,7 @@ mod tests {
 
         std::fs::write(&file, r#"{"routemap": "/m", "nofailvoer": true}"#).unwrap();
         let error = parse(&["--config", file.to_str().unwrap()])
-            .settings()
+            .settings(None)
             .unwrap_err()
             .to_string();
         assert!(error.contains("unknown field `nofailvoer`"), "{error}");
@@ -248,7 +274,7 @@ mod tests {
 
     #[test]
     fn rejects_what_cannot_work() {
-        let error = |args: &[&str]| parse(args).settings().unwrap_err().to_string();
+        let error = |args: &[&str]| parse(args).settings(None).unwrap_err().to_string();
         assert!(error(&[]).contains("no route map"));
         assert!(error(&["--routemap", "/m", "--failonstatus", "700"]).contains("700"));
         assert!(
@@ -261,5 +287,8 @@ mod tests {
             error(&["--routemap", "/m", "--affinity-header", "x y"]).contains("--affinity-header")
         );
         assert!(error(&["--routemap", "/m", "--member-port", "0"]).contains("--member-port"));
+        assert!(
+            error(&["--routemap", "/m", "--admin-allow", "10.8.2.0/40"]).contains("--admin-allow")
+        );
     }
 }

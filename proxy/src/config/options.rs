@@ -148,6 +148,23 @@ pub struct ProxyOptions {
     /// Default 127.0.0.1:9900.
     #[arg(long, env = "STICKYROUTE_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
+    /// Who may use /balancer-manager: an address or CIDR block; repeatable. Default
+    /// loopback only. (/healthz, /readyz, /metrics and /status are not restricted.)
+    #[arg(long, value_delimiter = ',', value_name = "CIDR")]
+    pub admin_allow: Vec<String>,
+    /// A file of balancer-manager tokens, one `NAME:SECRET` per line; when tokens are
+    /// configured (here or in the STICKYROUTE_ADMIN_TOKEN environment variable) every
+    /// balancer-manager request needs one. Never give a token on the command line.
+    #[arg(long, env = "STICKYROUTE_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// The port of each member's agent admin listener: the balancer-manager then shows the
+    /// map hash every agent runs, and marks those that differ from the proxy's.
+    #[arg(long, value_name = "PORT")]
+    pub agent_admin_port: Option<u16>,
+    /// How often agents' /status is read. Default 10s.
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    #[serde(deserialize_with = "de_duration")]
+    pub agent_poll_interval: Option<Duration>,
     /// Log filter: a level or tracing directives. Default info.
     #[arg(long, env = "STICKYROUTE_LOG")]
     pub log_level: Option<String>,
@@ -175,6 +192,15 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::E
     match Raw::deserialize(d)? {
         Raw::Seconds(s) => Ok(Some(Duration::from_secs(s))),
         Raw::Text(t) => duration(&t).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+impl LbMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LbMethod::Byrequests => "byrequests",
+            LbMethod::Bybusyness => "bybusyness",
+        }
     }
 }
 
@@ -211,6 +237,10 @@ impl ProxyOptions {
             max_header_bytes: self.max_header_bytes.or(file.max_header_bytes),
             max_headers: self.max_headers.or(file.max_headers),
             admin_listen: self.admin_listen.or(file.admin_listen),
+            admin_allow: list(self.admin_allow, file.admin_allow),
+            admin_token_file: self.admin_token_file.or(file.admin_token_file),
+            agent_admin_port: self.agent_admin_port.or(file.agent_admin_port),
+            agent_poll_interval: self.agent_poll_interval.or(file.agent_poll_interval),
             log_level: self.log_level.or(file.log_level),
             log_format: self.log_format.or(file.log_format),
             drain_delay: self.drain_delay.or(file.drain_delay),

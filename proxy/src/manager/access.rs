@@ -1,0 +1,346 @@
+//! Who may use the balancer-manager: a CIDR allow-list (like Apache's
+//! `Allow from 10.8.2.`), optional named tokens, and a per-process nonce that every state
+//! change must carry, so a cross-site form cannot change the balancer.
+
+use base64::Engine;
+use http::HeaderMap;
+use http::header::AUTHORIZATION;
+use std::fmt;
+use std::io::Read;
+use std::net::IpAddr;
+use std::path::Path;
+use std::str::FromStr;
+
+/// An address block such as `10.8.2.0/24`; a bare address is a block of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (addr, prefix) = text.split_once('/').unwrap_or((text, ""));
+        let net: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{text:?} is not an address or CIDR block"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = if prefix.is_empty() {
+            max
+        } else {
+            prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{text:?}: prefix length must be 0..={max}"))?
+        };
+        Ok(Self { net, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.net, self.prefix)
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |ip: IpAddr| -> (u128, u8) {
+            match ip.to_canonical() {
+                IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+                IpAddr::V6(v6) => (u128::from(v6), 128),
+            }
+        };
+        let ((net, width), (addr, addr_width)) = (bits(self.net), bits(ip));
+        if width != addr_width {
+            return false;
+        }
+        let shift = u32::from(width - self.prefix);
+        shift >= 128 || (net >> shift) == (addr >> shift)
+    }
+
+    /// Loopback only: the default.
+    pub fn loopback() -> Vec<Cidr> {
+        vec![
+            Cidr {
+                net: IpAddr::from([127, 0, 0, 0]),
+                prefix: 8,
+            },
+            Cidr {
+                net: IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+                prefix: 128,
+            },
+        ]
+    }
+}
+
+/// A named secret; the name appears in audit lines, the secret never does.
+#[derive(Clone)]
+pub struct Token {
+    pub name: String,
+    secret: String,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Token({})", self.name)
+    }
+}
+
+/// Reads tokens from a file (one `NAME:SECRET` per line, `#` comments; a line without `:`
+/// is a secret named `token`) and from the `STICKYROUTE_ADMIN_TOKEN` value (named `env`).
+/// Never from the command line, where every user of the machine could read them.
+pub fn load_tokens(file: Option<&Path>, env: Option<String>) -> Result<Vec<Token>, String> {
+    let mut tokens = Vec::new();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--admin-token-file {}: {e}", path.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (name, secret) = line.split_once(':').unwrap_or(("token", line));
+            if secret.trim().len() < 16 {
+                return Err(format!(
+                    "--admin-token-file {}:{}: a token must be at least 16 characters",
+                    path.display(),
+                    n + 1
+                ));
+            }
+            tokens.push(Token {
+                name: name.trim().to_owned(),
+                secret: secret.trim().to_owned(),
+            });
+        }
+    }
+    if let Some(secret) = env.filter(|s| !s.trim().is_empty()) {
+        if secret.trim().len() < 16 {
+            return Err("STICKYROUTE_ADMIN_TOKEN must be at least 16 characters".to_owned());
+        }
+        tokens.push(Token {
+            name: "env".to_owned(),
+            secret: secret.trim().to_owned(),
+        });
+    }
+    Ok(tokens)
+}
+
+/// Who made a request, for the audit log.
+#[derive(Debug, Clone)]
+pub struct Who {
+    pub addr: IpAddr,
+    pub token: Option<String>,
+}
+
+impl fmt::Display for Who {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.token {
+            Some(name) => write!(f, "{} (token {name})", self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
+/// Why a request is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Denied {
+    /// Not from an allowed address: 403.
+    Address,
+    /// Tokens are configured and none matched: 401.
+    Token,
+}
+
+#[derive(Debug)]
+pub struct Access {
+    allow: Vec<Cidr>,
+    tokens: Vec<Token>,
+    nonce: String,
+}
+
+impl Access {
+    pub fn new(allow: Vec<Cidr>, tokens: Vec<Token>) -> Self {
+        Self {
+            allow,
+            tokens,
+            nonce: random_hex(16),
+        }
+    }
+
+    pub fn nonce(&self) -> &str {
+        &self.nonce
+    }
+
+    pub fn tokens_required(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+
+    /// Checks the address, then (if any are configured) the token: `Authorization: Bearer
+    /// SECRET` for API clients, or HTTP Basic with the secret as password for browsers.
+    pub fn check(&self, remote: IpAddr, headers: &HeaderMap) -> Result<Who, Denied> {
+        if !self.allow.iter().any(|c| c.contains(remote)) {
+            return Err(Denied::Address);
+        }
+        if self.tokens.is_empty() {
+            return Ok(Who {
+                addr: remote,
+                token: None,
+            });
+        }
+        let presented = headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(presented_secret);
+        let token = presented.and_then(|secret| {
+            self.tokens
+                .iter()
+                .find(|t| same(t.secret.as_bytes(), secret.as_bytes()))
+        });
+        match token {
+            Some(token) => Ok(Who {
+                addr: remote,
+                token: Some(token.name.clone()),
+            }),
+            None => Err(Denied::Token),
+        }
+    }
+
+    /// Whether a state change carries this process's nonce.
+    pub fn nonce_ok(&self, presented: Option<&str>) -> bool {
+        presented.is_some_and(|n| same(n.as_bytes(), self.nonce.as_bytes()))
+    }
+}
+
+fn presented_secret(header: &str) -> Option<String> {
+    if let Some(secret) = header.strip_prefix("Bearer ") {
+        return Some(secret.trim().to_owned());
+    }
+    let encoded = header.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    text.split_once(':')
+        .map(|(_, password)| password.to_owned())
+}
+
+/// Compares without stopping at the first difference.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    let filled = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
+    if filled.is_err() {
+        // Without /dev/urandom, fall back to the randomly keyed std hasher.
+        use std::hash::{BuildHasher, Hasher};
+        for chunk in buf.chunks_mut(8) {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(std::process::id().into());
+            chunk.copy_from_slice(&h.finish().to_le_bytes()[..chunk.len()]);
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn cidr_blocks_match_like_apaches_allow_from() {
+        let block: Cidr = "10.8.2.0/24".parse().unwrap();
+        assert!(block.contains("10.8.2.77".parse().unwrap()));
+        assert!(!block.contains("10.8.3.1".parse().unwrap()));
+        assert!(block.contains("::ffff:10.8.2.1".parse().unwrap()));
+        let one: Cidr = "127.0.0.1".parse().unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("192.0.2.1".parse().unwrap()));
+        assert!(
+            "fd00::/8"
+                .parse::<Cidr>()
+                .unwrap()
+                .contains("fd12::1".parse().unwrap())
+        );
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("ten".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn tokens_by_bearer_or_basic_and_named_in_the_audit() {
+        let access = Access::new(
+            Cidr::loopback(),
+            vec![Token {
+                name: "ops".into(),
+                secret: "s3cret-s3cret-s3cret".into(),
+            }],
+        );
+        let local = "127.0.0.1".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        assert_eq!(access.check(local, &headers).unwrap_err(), Denied::Token);
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Bearer s3cret-s3cret-s3cret"),
+        );
+        assert_eq!(
+            access.check(local, &headers).unwrap().to_string(),
+            "127.0.0.1 (token ops)"
+        );
+        let basic = base64::engine::general_purpose::STANDARD.encode("anyone:s3cret-s3cret-s3cret");
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {basic}")).unwrap(),
+        );
+        assert!(access.check(local, &headers).is_ok());
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer wrong"));
+        assert_eq!(access.check(local, &headers).unwrap_err(), Denied::Token);
+        assert_eq!(
+            access
+                .check("192.0.2.1".parse().unwrap(), &headers)
+                .unwrap_err(),
+            Denied::Address
+        );
+    }
+
+    #[test]
+    fn the_nonce_is_random_per_process_and_required() {
+        let a = Access::new(Cidr::loopback(), Vec::new());
+        let b = Access::new(Cidr::loopback(), Vec::new());
+        assert_eq!(a.nonce().len(), 32);
+        assert_ne!(a.nonce(), b.nonce());
+        assert!(a.nonce_ok(Some(a.nonce())));
+        assert!(!a.nonce_ok(Some(b.nonce())));
+        assert!(!a.nonce_ok(None));
+    }
+
+    #[test]
+    fn token_files_name_their_tokens() {
+        let dir = std::env::temp_dir().join(format!("stickyroute-tokens-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tokens");
+        std::fs::write(
+            &file,
+            "# operators\nalice:0123456789abcdef0\nbob: fedcba98765432100\n",
+        )
+        .unwrap();
+        let tokens = load_tokens(Some(&file), Some("env-token-0123456789".into())).unwrap();
+        assert_eq!(
+            tokens.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            ["alice", "bob", "env"]
+        );
+        std::fs::write(&file, "short\n").unwrap();
+        assert!(
+            load_tokens(Some(&file), None)
+                .unwrap_err()
+                .contains(":1: a token must be at least 16")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,251 @@
+//! The balancer-manager's data: what it shows, and the changes it makes.
+
+use crate::admin::{BalancerInfo, MemberInfo};
+use crate::clock::now_ms;
+use crate::manager::access::Who;
+use crate::member::{AgentReport, Member};
+use crate::table::MemberTable;
+use routemap::{LoadFactor, MapStatus, Status};
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// Everything the page and `GET /balancer-manager/api/` show.
+#[derive(Serialize)]
+pub struct View {
+    pub balancer: BalancerInfo,
+    pub map: MapStatus,
+    pub members: Vec<ManagedMember>,
+    /// Required in every change (POST); the page embeds it in its forms.
+    pub nonce: String,
+    /// Whether agents' map hashes are read (`--agent-admin-port`).
+    pub agents_polled: bool,
+}
+
+#[derive(Serialize)]
+pub struct ManagedMember {
+    #[serde(flatten)]
+    pub info: MemberInfo,
+    /// Runtime overrides on top of the map, if any.
+    pub status_override: Option<Status>,
+    pub loadfactor_override: Option<u8>,
+    /// The member's agent's report, and whether its map is the proxy's.
+    pub agent: Option<AgentReport>,
+    pub agent_map_matches: Option<bool>,
+}
+
+impl ManagedMember {
+    pub fn of(member: &Member, proxy_hash: Option<&str>) -> Self {
+        let agent = member.state.agent.load_full().map(|r| (*r).clone());
+        let agent_map_matches = agent
+            .as_ref()
+            .and_then(|a| a.map_hash.as_deref())
+            .zip(proxy_hash)
+            .map(|(theirs, ours)| theirs == ours);
+        Self {
+            info: MemberInfo::of(member, now_ms()),
+            status_override: member.state.status_override(),
+            loadfactor_override: member.state.loadfactor_override().map(LoadFactor::get),
+            agent,
+            agent_map_matches,
+        }
+    }
+}
+
+/// A requested change, from a JSON body or an HTML form.
+#[derive(Debug, Default)]
+pub struct Change {
+    pub nonce: Option<String>,
+    pub status: Option<String>,
+    pub loadfactor: Option<String>,
+    pub reset: bool,
+}
+
+impl Change {
+    /// From `{"nonce": "...", "status": "drain", "loadfactor": 30, "reset": false}`;
+    /// unknown keys are errors.
+    pub fn from_json(body: &[u8]) -> Result<Self, String> {
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+        let object = value.as_object().ok_or("the body must be a JSON object")?;
+        let mut change = Change::default();
+        for (key, value) in object {
+            let text = match value {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                serde_json::Value::Bool(b) => Some(b.to_string()),
+                serde_json::Value::Null => None,
+                _ => return Err(format!("{key:?} must be a string or a number")),
+            };
+            match key.as_str() {
+                "nonce" => change.nonce = text,
+                "status" => change.status = text,
+                "loadfactor" => change.loadfactor = text,
+                "reset" => change.reset = text.as_deref() == Some("true"),
+                other => {
+                    return Err(format!(
+                        "unknown field {other:?} (known: nonce, status, loadfactor, reset)"
+                    ));
+                }
+            }
+        }
+        Ok(change)
+    }
+
+    /// From an `application/x-www-form-urlencoded` body; empty fields mean "no change".
+    pub fn from_form(body: &[u8]) -> Result<Self, String> {
+        let text = std::str::from_utf8(body).map_err(|_| "the form is not UTF-8".to_owned())?;
+        let fields: HashMap<String, String> = text
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (percent_decode(k), percent_decode(v))
+            })
+            .collect();
+        let field = |name: &str| fields.get(name).filter(|v| !v.is_empty()).cloned();
+        Ok(Change {
+            nonce: field("nonce"),
+            status: field("status"),
+            loadfactor: field("loadfactor"),
+            reset: field("reset").is_some(),
+        })
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let decoded = match bytes[i] {
+            b'+' => Some((b' ', 1)),
+            b'%' if i + 2 < bytes.len() => hex(bytes[i + 1])
+                .zip(hex(bytes[i + 2]))
+                .map(|(h, l)| (h << 4 | l, 3)),
+            _ => None,
+        };
+        let (byte, width) = decoded.unwrap_or((bytes[i], 1));
+        out.push(byte);
+        i += width;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Applies `change` to the member with `route`: validated whole first, so bad input
+/// changes nothing. Each change is logged as an audit line. Returns the member's view.
+pub fn apply(table: &MemberTable, route: &str, change: &Change, who: &Who) -> Result<(), String> {
+    let member = table
+        .by_route(route)
+        .ok_or_else(|| format!("no member has route {route:?}"))?;
+    let status = change
+        .status
+        .as_deref()
+        .map(|s| {
+            Status::parse(s).ok_or_else(|| {
+                format!("status {s:?} is not one of enabled, disabled, drain, standby")
+            })
+        })
+        .transpose()?;
+    let loadfactor = change
+        .loadfactor
+        .as_deref()
+        .map(|l| {
+            l.trim()
+                .parse::<u32>()
+                .ok()
+                .and_then(LoadFactor::new)
+                .ok_or_else(|| format!("loadfactor {l:?} is not a whole number from 1 to 100"))
+        })
+        .transpose()?;
+    if !change.reset && status.is_none() && loadfactor.is_none() {
+        return Err("nothing to change: give status, loadfactor or reset".to_owned());
+    }
+    let state = &member.state;
+    if change.reset {
+        audit(
+            who,
+            member,
+            "reset to map",
+            &describe(member),
+            &format!(
+                "status {} loadfactor {}",
+                member.map_status, member.map_loadfactor
+            ),
+        );
+        state.set_status_override(None);
+        state.set_loadfactor_override(None);
+    }
+    if let Some(status) = status {
+        let before = member.status();
+        state.set_status_override(Some(status));
+        audit(who, member, "status", before.as_str(), status.as_str());
+    }
+    if let Some(loadfactor) = loadfactor {
+        let before = member.loadfactor();
+        state.set_loadfactor_override(Some(loadfactor));
+        audit(
+            who,
+            member,
+            "loadfactor",
+            &before.to_string(),
+            &loadfactor.to_string(),
+        );
+    }
+    Ok(())
+}
+
+fn describe(member: &Member) -> String {
+    format!(
+        "status {} loadfactor {}",
+        member.status(),
+        member.loadfactor()
+    )
+}
+
+fn audit(who: &Who, member: &Member, what: &str, before: &str, after: &str) {
+    tracing::info!(
+        target: "stickyroute::audit",
+        who = %who,
+        member = %member.route,
+        key = %member.key,
+        what,
+        before,
+        after,
+        "balancer-manager change"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_come_from_json_or_forms() {
+        let json =
+            Change::from_json(br#"{"nonce": "n", "status": "drain", "loadfactor": 30}"#).unwrap();
+        assert_eq!(
+            (
+                json.nonce.as_deref(),
+                json.status.as_deref(),
+                json.loadfactor.as_deref()
+            ),
+            (Some("n"), Some("drain"), Some("30"))
+        );
+        assert!(
+            Change::from_json(br#"{"nonce": "n", "weight": 3}"#)
+                .unwrap_err()
+                .contains("unknown field")
+        );
+        assert!(Change::from_json(b"nope").is_err());
+        let form = Change::from_form(b"nonce=ab%20c&status=disabled&loadfactor=&reset=").unwrap();
+        assert_eq!(form.nonce.as_deref(), Some("ab c"));
+        assert_eq!(form.status.as_deref(), Some("disabled"));
+        assert_eq!(form.loadfactor, None);
+        assert!(!form.reset);
+        assert!(Change::from_form(b"nonce=x&reset=1").unwrap().reset);
+        assert_eq!(percent_decode("a%2Fb+c%"), "a/b c%");
+    }
+}

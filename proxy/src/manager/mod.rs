@@ -1,0 +1,178 @@
+//! `/balancer-manager`: see and steer the live balancer, like Apache's page of that name.
+//!
+//! - `GET /balancer-manager`: the HTML page (no JavaScript needed).
+//! - `GET /balancer-manager/api/`: the same as JSON, with the nonce.
+//! - `POST /balancer-manager/api/members/ROUTE` (JSON) or `/balancer-manager/members/ROUTE`
+//!   (the page's forms): change status or loadfactor, or reset to the map.
+//!
+//! Changes are overrides on top of the route map: kept across map reloads while the
+//! member's key and route are unchanged, gone with the member, removable by "reset".
+
+pub mod access;
+pub mod agents;
+pub mod api;
+pub mod page;
+
+use crate::admin::ProxyAdmin;
+use access::Denied;
+use api::{Change, ManagedMember, View};
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use stickyroute_relay::body::{self, Body};
+use stickyroute_relay::serve::ConnInfo;
+
+/// Largest change request accepted.
+const MAX_BODY: usize = 16 * 1024;
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    body::json(status, &serde_json::json!({ "error": message.into() }))
+}
+
+impl ProxyAdmin {
+    pub fn view(&self) -> View {
+        let table = self.balancer.table();
+        let proxy_hash = table.as_ref().map(|t| t.snapshot().hash().to_owned());
+        View {
+            balancer: self.balancer_info(),
+            map: self.live.status(),
+            members: table
+                .map(|t| {
+                    t.members()
+                        .iter()
+                        .map(|m| ManagedMember::of(m, proxy_hash.as_deref()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            nonce: self.access.nonce().to_owned(),
+            agents_polled: self.settings.agent_admin_port.is_some(),
+        }
+    }
+
+    /// Serves every `/balancer-manager` path.
+    pub async fn manager(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let who = match self.access.check(conn.remote.ip(), request.headers()) {
+            Ok(who) => who,
+            Err(Denied::Address) => {
+                tracing::warn!(client = %conn.remote.ip(), path = request.uri().path(), "balancer-manager refused: address not in --admin-allow");
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "your address is not allowed to use the balancer-manager",
+                );
+            }
+            Err(Denied::Token) => {
+                tracing::warn!(client = %conn.remote.ip(), path = request.uri().path(), "balancer-manager refused: no valid token");
+                let mut response = error(
+                    StatusCode::UNAUTHORIZED,
+                    "a valid token is required (Authorization: Bearer TOKEN)",
+                );
+                response.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"stickyroute balancer-manager\""),
+                );
+                return response;
+            }
+        };
+        let path = request.uri().path().trim_end_matches('/').to_owned();
+        let method = request.method().clone();
+        match (method, path.as_str()) {
+            (Method::GET | Method::HEAD, "/balancer-manager") => {
+                let flash = request
+                    .uri()
+                    .query()
+                    .and_then(|q| q.strip_prefix("done="))
+                    .map(|r| format!("Changed {r}."));
+                body::with_type(
+                    StatusCode::OK,
+                    "text/html; charset=utf-8",
+                    Bytes::from(page::render(&self.view(), flash.as_deref())),
+                )
+            }
+            (Method::GET | Method::HEAD, "/balancer-manager/api") => {
+                body::json(StatusCode::OK, &self.view())
+            }
+            (Method::POST, p) => {
+                let (route, form) =
+                    if let Some(route) = p.strip_prefix("/balancer-manager/api/members/") {
+                        (route.to_owned(), false)
+                    } else if let Some(route) = p.strip_prefix("/balancer-manager/members/") {
+                        (route.to_owned(), true)
+                    } else {
+                        return error(StatusCode::NOT_FOUND, "no such balancer-manager path");
+                    };
+                self.change(request, &route, form, &who).await
+            }
+            (_, "/balancer-manager" | "/balancer-manager/api") => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use GET here; changes are POSTed to a member",
+            ),
+            _ => error(StatusCode::NOT_FOUND, "no such balancer-manager path"),
+        }
+    }
+
+    async fn change(
+        &self,
+        request: Request<Incoming>,
+        route: &str,
+        form: bool,
+        who: &access::Who,
+    ) -> Response<Body> {
+        let is_form = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+        let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {e}"),
+                );
+            }
+        };
+        let parsed = if is_form {
+            Change::from_form(&body)
+        } else {
+            Change::from_json(&body)
+        };
+        let change = match parsed {
+            Ok(change) => change,
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        };
+        if !self.access.nonce_ok(change.nonce.as_deref()) {
+            tracing::warn!(%who, member = route, "balancer-manager change refused: missing or wrong nonce");
+            return error(
+                StatusCode::FORBIDDEN,
+                "missing or wrong nonce: load the page or GET /balancer-manager/api/ and send its nonce",
+            );
+        }
+        let Some(table) = self.balancer.table() else {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "no route map loaded yet");
+        };
+        if let Err(message) = api::apply(&table, route, &change, who) {
+            return error(StatusCode::BAD_REQUEST, message);
+        }
+        if form {
+            let mut response = body::text(StatusCode::SEE_OTHER, "changed\n");
+            let location = format!("/balancer-manager?done={route}");
+            if let Ok(location) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(LOCATION, location);
+            }
+            return response;
+        }
+        let proxy_hash = table.snapshot().hash().to_owned();
+        match table.by_route(route) {
+            Some(member) => body::json(
+                StatusCode::OK,
+                &ManagedMember::of(member, Some(&proxy_hash)),
+            ),
+            None => error(
+                StatusCode::BAD_REQUEST,
+                format!("no member has route {route:?}"),
+            ),
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Just enough of the W3C WebDriver protocol to drive headless Chromium (Debian's
+//! `chromium` and `chromium-driver`) through chromedriver: open a page, click, read the
+//! page, take a screenshot.
+
+use crate::client::{Reply, call};
+use crate::process::Process;
+use http::Method;
+use serde_json::{Value, json};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// The key W3C WebDriver uses for element references.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// A browser session; the browser and driver stop when it is dropped.
+pub struct Browser {
+    driver: SocketAddr,
+    session: String,
+    _process: Process,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// Starts chromedriver and a headless Chromium with no background networking (the
+    /// build machines have no internet).
+    pub async fn start() -> Browser {
+        assert!(
+            Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists(),
+            "{CHROMIUM} and {CHROMEDRIVER} are needed: `apt-get install chromium chromium-driver` (scripts/test.sh does it)"
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let process =
+            Process::start_path(Path::new(CHROMEDRIVER), &[format!("--port={port}")], &[]);
+        let driver = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while call(driver, Method::GET, "/status")
+            .try_send()
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not start; log:\n{}",
+                process.log().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let profile = tempfile::tempdir().expect("profile dir");
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--window-size=1400,900",
+        ];
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.push(format!("--user-data-dir={}", profile.path().display()));
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": CHROMIUM, "args": args}
+        }}});
+        let reply = post(driver, "/session", &capabilities).await;
+        let session = reply["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {reply}"))
+            .to_owned();
+        Browser {
+            driver,
+            session,
+            _process: process,
+            _profile: profile,
+        }
+    }
+
+    async fn command(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let path = format!("/session/{}{path}", self.session);
+        let mut request =
+            call(self.driver, method, &path).header("content-type", "application/json");
+        if let Some(body) = body {
+            request = request.body(body.to_string());
+        }
+        let reply: Reply = request.send().await;
+        let value = reply.json();
+        assert!(reply.status.is_success(), "webdriver {path}: {value}");
+        value["value"].clone()
+    }
+
+    pub async fn open(&self, url: &str) {
+        self.command(Method::POST, "/url", Some(json!({ "url": url })))
+            .await;
+    }
+
+    /// Clicks the element matching a CSS selector (and waits for the page it loads).
+    pub async fn click(&self, css: &str) {
+        let element = self
+            .command(
+                Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        let id = element[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {element}"))
+            .to_owned();
+        self.command(
+            Method::POST,
+            &format!("/element/{id}/click"),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    /// The text of the element matching a CSS selector.
+    pub async fn text(&self, css: &str) -> String {
+        let element = self
+            .command(
+                Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        let id = element[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {element}"))
+            .to_owned();
+        self.command(Method::GET, &format!("/element/{id}/text"), None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    pub async fn current_url(&self) -> String {
+        self.command(Method::GET, "/url", None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Saves a PNG screenshot of the page.
+    pub async fn screenshot(&self, path: &Path) {
+        use base64::Engine;
+        let encoded = self.command(Method::GET, "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(encoded.as_str().unwrap_or_default())
+            .expect("base64 screenshot");
+        std::fs::write(path, png).expect("write screenshot");
+    }
+}
+
+async fn post(driver: SocketAddr, path: &str, body: &Value) -> Value {
+    call(driver, Method::POST, path)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .json()
+}

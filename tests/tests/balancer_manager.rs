@@ -1,0 +1,452 @@
+//! The balancer-manager of the real proxy: its JSON API, its access rules, what its changes
+//! do to traffic, and its page in a real headless browser.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use http::Method;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::Duration;
+use stickyroute_tests::agent::Agent;
+use stickyroute_tests::app::TestApp;
+use stickyroute_tests::client::{Reply, call, get};
+use stickyroute_tests::cluster::{Cluster, counts};
+use stickyroute_tests::webdriver::Browser;
+
+const API: &str = "/balancer-manager/api/";
+
+async fn view(admin: SocketAddr) -> Value {
+    let reply = get(admin, API).send().await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()
+}
+
+fn member<'a>(view: &'a Value, route: &str) -> &'a Value {
+    view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["route"] == route)
+        .unwrap_or_else(|| panic!("no {route} in {view}"))
+}
+
+async fn change(admin: SocketAddr, route: &str, body: Value) -> Reply {
+    call(
+        admin,
+        Method::POST,
+        &format!("/balancer-manager/api/members/{route}"),
+    )
+    .header("content-type", "application/json")
+    .body(body.to_string())
+    .send()
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_lists_changes_resets_and_rejects_bad_input() {
+    let c = Cluster::seed(&["--nofailover"]).await;
+    let before = view(c.proxy.admin).await;
+    assert_eq!(before["balancer"]["stickysession"], "balanceid");
+    assert_eq!(before["balancer"]["nofailover"], true);
+    assert_eq!(before["members"].as_array().unwrap().len(), 4);
+    assert_eq!(before["map"]["generation"], 1);
+    let nonce = before["nonce"].as_str().unwrap().to_owned();
+
+    let changed = change(
+        c.proxy.admin,
+        "www1",
+        json!({"nonce": nonce, "status": "drain", "loadfactor": 30}),
+    )
+    .await;
+    assert_eq!(changed.status, 200, "{}", changed.text());
+    let www1 = changed.json();
+    assert_eq!(
+        (www1["status"].clone(), www1["map_status"].clone()),
+        (json!("drain"), json!("enabled"))
+    );
+    assert_eq!(
+        (
+            www1["status_override"].clone(),
+            www1["loadfactor_override"].clone()
+        ),
+        (json!("drain"), json!(30))
+    );
+    assert_eq!(www1["loadfactor"], 30);
+    let audit = c.proxy.process.log_lines_with("balancer-manager change");
+    assert!(
+        audit.iter().any(|l| l.contains("who=127.0.0.1")
+            && l.contains("what=\"status\"")
+            && l.contains("before=\"enabled\"")
+            && l.contains("after=\"drain\"")),
+        "{audit:?}"
+    );
+
+    for (route, body, expected) in [
+        (
+            "nosuch",
+            json!({"nonce": nonce, "status": "drain"}),
+            "no member has route",
+        ),
+        (
+            "www2",
+            json!({"nonce": nonce, "loadfactor": 0}),
+            "loadfactor",
+        ),
+        (
+            "www2",
+            json!({"nonce": nonce, "loadfactor": 101}),
+            "loadfactor",
+        ),
+        (
+            "www2",
+            json!({"nonce": nonce, "status": "sleeping"}),
+            "status \"sleeping\"",
+        ),
+        (
+            "www2",
+            json!({"nonce": nonce, "weight": 5}),
+            "unknown field",
+        ),
+        (
+            "www2",
+            json!({"nonce": nonce, "status": "drain", "loadfactor": "x"}),
+            "loadfactor",
+        ),
+    ] {
+        let reply = change(c.proxy.admin, route, body).await;
+        assert_eq!(reply.status, 400, "{}", reply.text());
+        assert!(
+            reply.json()["error"].as_str().unwrap().contains(expected),
+            "{}",
+            reply.text()
+        );
+    }
+    assert_eq!(
+        member(&view(c.proxy.admin).await, "www2")["status"],
+        "enabled",
+        "bad input changed nothing"
+    );
+
+    let reset = change(
+        c.proxy.admin,
+        "www1",
+        json!({"nonce": nonce, "reset": true}),
+    )
+    .await;
+    assert_eq!(reset.status, 200);
+    let www1 = reset.json();
+    assert_eq!(
+        (
+            www1["status"].clone(),
+            www1["status_override"].clone(),
+            www1["loadfactor"].clone()
+        ),
+        (json!("enabled"), Value::Null, json!(60))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_need_the_nonce_and_a_token_when_tokens_are_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "ops:correct-horse-battery-staple\n").unwrap();
+    let c = Cluster::seed(&["--admin-token-file", tokens.to_str().unwrap()]).await;
+    let no_token = get(c.proxy.admin, API).send().await;
+    assert_eq!(no_token.status, 401);
+    assert!(
+        no_token
+            .header("www-authenticate")
+            .unwrap()
+            .starts_with("Basic")
+    );
+    let wrong = get(c.proxy.admin, API)
+        .header("authorization", "Bearer nope")
+        .send()
+        .await;
+    assert_eq!(wrong.status, 401);
+    let view = get(c.proxy.admin, API)
+        .header("authorization", "Bearer correct-horse-battery-staple")
+        .send()
+        .await
+        .json();
+    let nonce = view["nonce"].as_str().unwrap();
+
+    let without_nonce = call(
+        c.proxy.admin,
+        Method::POST,
+        "/balancer-manager/api/members/www1",
+    )
+    .header("authorization", "Bearer correct-horse-battery-staple")
+    .body(json!({"status": "disabled"}).to_string())
+    .send()
+    .await;
+    assert_eq!(without_nonce.status, 403);
+    let wrong_nonce = call(
+        c.proxy.admin,
+        Method::POST,
+        "/balancer-manager/api/members/www1",
+    )
+    .header("authorization", "Bearer correct-horse-battery-staple")
+    .body(json!({"nonce": "0".repeat(32), "status": "disabled"}).to_string())
+    .send()
+    .await;
+    assert_eq!(wrong_nonce.status, 403);
+    let ok = call(
+        c.proxy.admin,
+        Method::POST,
+        "/balancer-manager/api/members/www1",
+    )
+    .header("authorization", "Bearer correct-horse-battery-staple")
+    .body(json!({"nonce": nonce, "status": "disabled"}).to_string())
+    .send()
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert!(
+        c.proxy
+            .process
+            .log_lines_with("balancer-manager change")
+            .iter()
+            .any(|l| l.contains("token ops"))
+    );
+    // Health, readiness and metrics stay open to probes and scrapers.
+    assert_eq!(get(c.proxy.admin, "/healthz").send().await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_outside_the_allow_list_get_403() {
+    let c = Cluster::seed(&["--admin-allow", "127.0.0.1/32"]).await;
+    let outside = get(c.proxy.admin, API).from("127.0.0.2").send().await;
+    assert_eq!(outside.status, 403);
+    let page = get(c.proxy.admin, "/balancer-manager")
+        .from("127.0.0.2")
+        .send()
+        .await;
+    assert_eq!(page.status, 403);
+    assert!(
+        !c.proxy
+            .process
+            .log_lines_with("address not in --admin-allow")
+            .is_empty()
+    );
+    assert_eq!(
+        get(c.proxy.admin, API)
+            .from("127.0.0.1")
+            .send()
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_keeps_sessions_and_disabling_under_nofailover_gives_503() {
+    let c = Cluster::seed(&["--nofailover"]).await;
+    let nonce = view(c.proxy.admin).await["nonce"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    change(
+        c.proxy.admin,
+        "www1",
+        json!({"nonce": nonce, "status": "drain"}),
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(
+            c.answer(Some("balanceid=route.www1")).await,
+            (200, Some("www1".into())),
+            "sessions stay"
+        );
+    }
+    let new = c.distribution(100).await;
+    assert_eq!(
+        new.get("www1"),
+        None,
+        "no new sessions on a draining member: {new:?}"
+    );
+
+    change(
+        c.proxy.admin,
+        "www2",
+        json!({"nonce": nonce, "status": "disabled"}),
+    )
+    .await;
+    let refused = get(c.proxy.addr, "/")
+        .header("cookie", "balanceid=route.www2")
+        .send()
+        .await;
+    assert_eq!(refused.status, 503);
+    assert!(refused.header("retry-after").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reweighting_changes_the_distribution() {
+    let c = Cluster::start(&[("www1", "127.0.0.2", 1), ("www2", "127.0.0.3", 1)], &[]).await;
+    let nonce = view(c.proxy.admin).await["nonce"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    change(
+        c.proxy.admin,
+        "www1",
+        json!({"nonce": nonce, "loadfactor": 3}),
+    )
+    .await;
+    let after = c.distribution(40).await;
+    assert!((29..=31).contains(&after["www1"]), "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overrides_survive_a_map_reload_and_vanish_with_the_member() {
+    let c = Cluster::start(&[("www1", "127.0.0.2", 1), ("www2", "127.0.0.3", 1)], &[]).await;
+    let nonce = view(c.proxy.admin).await["nonce"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    change(
+        c.proxy.admin,
+        "www1",
+        json!({"nonce": nonce, "status": "drain"}),
+    )
+    .await;
+    c.write_map(&[("www1", "loadfactor=5"), ("www2", "loadfactor=2")]);
+    c.wait_swaps(2).await;
+    let reloaded = view(c.proxy.admin).await;
+    assert_eq!(
+        member(&reloaded, "www1")["status_override"],
+        "drain",
+        "kept across the reload"
+    );
+    assert_eq!(member(&reloaded, "www1")["map_loadfactor"], 5);
+    assert_eq!(c.distribution(6).await, counts(&[("www2", 6)]));
+
+    c.write_map(&[("www2", "")]);
+    c.wait_swaps(3).await;
+    c.write_map(&[("www1", ""), ("www2", "")]);
+    c.wait_swaps(4).await;
+    let back = view(c.proxy.admin).await;
+    assert_eq!(
+        member(&back, "www1")["status_override"],
+        Value::Null,
+        "a member that left the map comes back fresh"
+    );
+    assert_eq!(member(&back, "www1")["status"], "enabled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_members_agent_map_hash_is_shown_and_a_different_one_is_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    // One admin port for every agent, free on both agent addresses.
+    let port = loop {
+        let a = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+        let port = a.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.3", port)).is_ok() {
+            break port;
+        }
+    };
+    let app1 = TestApp::start("www1", "127.0.0.12").await;
+    let app2 = TestApp::start("www2", "127.0.0.13").await;
+    let agent_port = {
+        let l = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let map = dir.path().join("routemap");
+    let text = format!("127.0.0.2 www1 port={agent_port}\n127.0.0.3 www2 port={agent_port}\n");
+    std::fs::write(&map, &text).unwrap();
+    let stale = dir.path().join("stale-routemap");
+    std::fs::write(&stale, format!("{text}127.0.0.9 www9\n")).unwrap();
+    let start_agent = |ip: &str, app: &TestApp, map: &std::path::Path| {
+        Agent::builder_at(
+            &format!("{ip}:{agent_port}"),
+            &format!("{ip}:{port}"),
+            app.addr(),
+            map,
+        )
+        .arg("--track-all")
+        .start()
+    };
+    let _agent1 = start_agent("127.0.0.2", &app1, &map);
+    let _agent2 = start_agent("127.0.0.3", &app2, &stale);
+    let proxy = stickyroute_tests::proxy::Proxy::builder(&map)
+        .args(&[
+            "--agent-admin-port",
+            &port.to_string(),
+            "--agent-poll-interval",
+            "100ms",
+        ])
+        .start();
+    let deadline = std::time::Instant::now() + stickyroute_tests::PATIENCE;
+    let shown = loop {
+        let v = get(proxy.admin, API)
+            .try_send()
+            .await
+            .ok()
+            .map(|r| r.json());
+        if let Some(v) = v.filter(|v| {
+            v["members"].as_array().is_some_and(|m| {
+                m.len() == 2 && m.iter().all(|m| !m["agent_map_matches"].is_null())
+            })
+        }) {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "agents never read");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(member(&shown, "www1")["agent_map_matches"], true);
+    assert_eq!(
+        member(&shown, "www1")["agent"]["map_hash"],
+        shown["map"]["hash"]
+    );
+    assert_eq!(member(&shown, "www2")["agent_map_matches"], false);
+    let page = get(proxy.admin, "/balancer-manager").send().await.text();
+    assert!(
+        page.contains("agent-mismatch"),
+        "the page marks the agent running another map"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_in_a_real_browser_drains_a_member() {
+    let c = Cluster::seed(&[]).await;
+    let browser = Browser::start().await;
+    let page = format!("http://{}/balancer-manager", c.proxy.admin);
+    browser.open(&page).await;
+    for route in ["www1", "www2", "www3", "www0"] {
+        assert!(
+            browser
+                .text(&format!("#member-{route}"))
+                .await
+                .starts_with(route)
+        );
+    }
+    assert_eq!(browser.text("#member-www2 .status").await, "enabled");
+    browser.click("#drain-www2").await;
+    let deadline = std::time::Instant::now() + stickyroute_tests::PATIENCE;
+    loop {
+        let url = browser.current_url().await;
+        if url.ends_with("/balancer-manager?done=www2") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the form post never came back to the page: {url}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(browser.text("#flash").await, "Changed www2.");
+    assert_eq!(
+        browser.text("#member-www2 .status").await,
+        "drain (override; map enabled)"
+    );
+    let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("balancer-manager.png");
+    browser.screenshot(&screenshot).await;
+    assert!(
+        std::fs::metadata(&screenshot).unwrap().len() > 10_000,
+        "a real screenshot"
+    );
+    // What the browser did, the balancer does.
+    assert_eq!(
+        member(&view(c.proxy.admin).await, "www2")["status"],
+        "drain"
+    );
+    assert_eq!(c.distribution(20).await.get("www2"), None);
+}
