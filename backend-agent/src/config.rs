@@ -190,7 +190,7 @@ impl AgentArgs {
         let name = self.server_name.clone().or(host_name);
         Ok(Settings {
             upstream,
-            identity: Identity::new(self.server_addr, name.as_deref()),
+            identity: Identity::new(self.server_addr, name.as_deref(), self.listen.ip()),
             sessions,
             track_all: self.track_all,
             cookie,

@@ -17,6 +17,8 @@ use std::sync::Arc;
 pub struct Identity {
     server_addr: Option<IpAddr>,
     name: Option<Key>,
+    /// Local addresses connections arrived on; starts with the listen address when that is
+    /// a specific one, so `/status` shows the route before any traffic.
     seen: ArcSwap<Vec<IpAddr>>,
 }
 
@@ -30,7 +32,8 @@ pub enum MatchedBy {
 
 impl Identity {
     /// `name` that is not a valid host name is ignored with a warning: it can never match.
-    pub fn new(server_addr: Option<IpAddr>, name: Option<&str>) -> Self {
+    /// `listen` is the address the agent listens on.
+    pub fn new(server_addr: Option<IpAddr>, name: Option<&str>, listen: IpAddr) -> Self {
         let name = name.and_then(|n| match Key::parse(n) {
             Ok(key @ Key::Name(_)) => Some(key),
             Ok(Key::Addr(_)) | Err(_) => {
@@ -44,7 +47,11 @@ impl Identity {
         Self {
             server_addr: server_addr.map(|a| a.to_canonical()),
             name,
-            seen: ArcSwap::from_pointee(Vec::new()),
+            seen: ArcSwap::from_pointee(if listen.is_unspecified() {
+                Vec::new()
+            } else {
+                vec![listen.to_canonical()]
+            }),
         }
     }
 
@@ -112,7 +119,7 @@ mod tests {
     #[test]
     fn finds_by_local_address_then_by_name() {
         let map = snapshot("127.0.0.2 www1\n127.0.0.3 www2\nweb-0 www0\n");
-        let id = Identity::new(None, Some("web-0"));
+        let id = Identity::new(None, Some("web-0"), "0.0.0.0".parse().unwrap());
         let route = |local: &str| {
             id.lookup(&map, local.parse().unwrap())
                 .map(|(e, by)| (e.route.to_string(), by))
@@ -126,7 +133,7 @@ mod tests {
             Some(("www2".into(), MatchedBy::Address))
         );
         assert_eq!(route("127.0.0.9"), Some(("www0".into(), MatchedBy::Name)));
-        let nameless = Identity::new(None, None);
+        let nameless = Identity::new(None, None, "0.0.0.0".parse().unwrap());
         assert!(
             nameless
                 .lookup(&map, "127.0.0.9".parse().unwrap())
@@ -137,7 +144,11 @@ mod tests {
     #[test]
     fn an_explicit_server_address_overrides_the_local_one() {
         let map = snapshot("10.16.4.4 www1\n127.0.0.2 www2\n");
-        let id = Identity::new(Some("10.16.4.4".parse().unwrap()), None);
+        let id = Identity::new(
+            Some("10.16.4.4".parse().unwrap()),
+            None,
+            "0.0.0.0".parse().unwrap(),
+        );
         let (entry, by) = id.lookup(&map, "127.0.0.2".parse().unwrap()).unwrap();
         assert_eq!((entry.route.as_str(), by), ("www1", MatchedBy::Address));
         assert_eq!(*id.addr_keys(), ["10.16.4.4".parse::<IpAddr>().unwrap()]);
@@ -145,11 +156,17 @@ mod tests {
 
     #[test]
     fn remembers_each_local_address_once() {
-        let id = Identity::new(None, Some("not_a_host"));
+        let id = Identity::new(None, Some("not_a_host"), "0.0.0.0".parse().unwrap());
         assert!(id.name_key().is_none());
         for a in ["127.0.0.2", "127.0.0.3", "127.0.0.2"] {
             id.note_local(a.parse().unwrap());
         }
         assert_eq!(id.addr_keys().len(), 2);
+        let specific = Identity::new(None, None, "127.0.0.7".parse().unwrap());
+        assert_eq!(
+            *specific.addr_keys(),
+            ["127.0.0.7".parse::<IpAddr>().unwrap()],
+            "known before any traffic"
+        );
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! | request | member usable | result |
 //! | --- | --- | --- |
-//! | sticky route of a member | yes | that member (drain members too) |
+//! | sticky route of a member (or a route it was renamed from) | yes | that member (drain members too) |
 //! | sticky route of a member | no (error, disabled, unresolved) | `--nofailover`: 503 + `Retry-After`; else a weighted pick |
 //! | sticky route nobody has | — | weighted pick (`--unknown-route reject`: 503) |
 //! | no sticky value, or no route in it | — | weighted pick |
@@ -74,7 +74,7 @@ impl Proxy {
             Sticky::Malformed => return weighted(Outcome::Malformed),
             Sticky::Route(route) => route,
         };
-        let Some(member) = table.by_route(route) else {
+        let Some(member) = table.by_sticky_route(route) else {
             if self.settings.unknown_route == UnknownRoute::Reject {
                 return Err(Refusal {
                     outcome: Outcome::UnknownRoute,

@@ -15,6 +15,9 @@ use std::sync::Arc;
 pub struct MemberTable {
     members: Vec<Arc<Member>>,
     by_route: HashMap<RouteId, usize>,
+    /// Former routes of renamed entries (same key, new route), so sessions that still carry
+    /// the old route stay on their member; kept until another member takes that route.
+    aliases: HashMap<RouteId, usize>,
     snapshot: Arc<Snapshot>,
 }
 
@@ -83,23 +86,44 @@ impl MemberTable {
                 state,
             }));
         }
-        let removed: Vec<String> = previous
-            .map(|p| {
-                p.members
-                    .iter()
-                    .filter(|m| {
-                        by_route
-                            .get(m.route.as_str())
-                            .is_none_or(|i| members[*i].key != m.key)
-                    })
-                    .map(|m| m.route.to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let by_key: HashMap<&Key, usize> = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (&m.key, i))
+            .collect();
+        let mut aliases = HashMap::new();
+        let mut removed = Vec::new();
+        let mut renamed = Vec::new();
+        if let Some(previous) = previous {
+            for old in &previous.members {
+                let kept = by_route
+                    .get(old.route.as_str())
+                    .is_some_and(|i| members[*i].key == old.key);
+                if kept {
+                    continue;
+                }
+                match by_key.get(&old.key) {
+                    Some(&i) if !by_route.contains_key(old.route.as_str()) => {
+                        renamed.push(format!("{}->{}", old.route, members[i].route));
+                        added.retain(|r| *r != members[i].route.as_str());
+                        aliases.insert(old.route.clone(), i);
+                    }
+                    _ => removed.push(old.route.to_string()),
+                }
+            }
+            for (alias, &j) in &previous.aliases {
+                if let Some(&i) = by_key.get(&previous.members[j].key)
+                    && !by_route.contains_key(alias.as_str())
+                {
+                    aliases.entry(alias.clone()).or_insert(i);
+                }
+            }
+        }
         let mut diff = String::new();
         for (label, list) in [
             ("added", &added),
             ("removed", &removed),
+            ("renamed", &renamed),
             ("changed", &changed),
         ] {
             if !list.is_empty() {
@@ -118,6 +142,7 @@ impl MemberTable {
             Self {
                 members,
                 by_route,
+                aliases,
                 snapshot,
             },
             diff,
@@ -130,6 +155,15 @@ impl MemberTable {
 
     pub fn by_route(&self, route: &str) -> Option<&Arc<Member>> {
         self.by_route.get(route).map(|i| &self.members[*i])
+    }
+
+    /// The member a sticky route leads to: its current route, or a former one it was
+    /// renamed from.
+    pub fn by_sticky_route(&self, route: &str) -> Option<&Arc<Member>> {
+        self.by_route
+            .get(route)
+            .or_else(|| self.aliases.get(route))
+            .map(|i| &self.members[*i])
     }
 
     pub fn snapshot(&self) -> &Arc<Snapshot> {
@@ -243,6 +277,37 @@ mod tests {
                 .load(Relaxed),
             0,
             "new key: a new member"
+        );
+    }
+
+    #[test]
+    fn a_renamed_route_stays_an_alias_until_another_member_takes_it() {
+        let build = |text: &str, generation, previous: Option<&MemberTable>| {
+            MemberTable::build(snap(text, generation), previous, &Resolved::new(), 80)
+        };
+        let (first, _) = build("10.0.0.1 www1\n10.0.0.2 www2\n", 1, None);
+        let (second, diff) = build("10.0.0.1 shop1\n10.0.0.2 www2\n", 2, Some(&first));
+        assert_eq!(diff, "renamed [www1->shop1]");
+        assert_eq!(
+            second.by_sticky_route("www1").unwrap().route.as_str(),
+            "shop1"
+        );
+        assert!(second.by_route("www1").is_none(), "not a member of its own");
+        let (third, _) = build(
+            "10.0.0.1 shop1\n10.0.0.2 www2 loadfactor=2\n",
+            3,
+            Some(&second),
+        );
+        assert_eq!(
+            third.by_sticky_route("www1").unwrap().route.as_str(),
+            "shop1",
+            "kept across later swaps"
+        );
+        let (fourth, _) = build("10.0.0.1 shop1\n10.0.0.3 www1\n", 4, Some(&third));
+        assert_eq!(
+            fourth.by_sticky_route("www1").unwrap().key.to_string(),
+            "10.0.0.3",
+            "a real member wins"
         );
     }
 }
