@@ -11,6 +11,7 @@
 //! - [`health`]: active health checks.
 //! - [`handler`]: the request path; [`admin`] and [`metrics`]: what operators see.
 //! - [`manager`]: the balancer-manager page and API (see and steer members at runtime).
+//! - [`import_apache`]: translating an Apache mod_proxy_balancer configuration.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -20,6 +21,7 @@ mod clock;
 pub mod config;
 pub mod handler;
 pub mod health;
+pub mod import_apache;
 pub mod manager;
 pub mod member;
 pub mod metrics;

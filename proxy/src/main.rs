@@ -4,13 +4,15 @@
 
 use clap::Parser;
 use routemap::RouteMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use stickyroute_proxy::admin::ProxyAdmin;
 use stickyroute_proxy::balancer::{Balancer, follow};
-use stickyroute_proxy::config::{ProxyOptions, Settings};
+use stickyroute_proxy::config::{Command, ProxyOptions, Settings};
 use stickyroute_proxy::handler::Proxy;
 use stickyroute_proxy::health;
+use stickyroute_proxy::import_apache;
 use stickyroute_proxy::manager::access::Access;
 use stickyroute_proxy::manager::agents;
 use stickyroute_proxy::metrics::Metrics;
@@ -23,7 +25,16 @@ use stickyroute_relay::serve::{bind, serve};
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    let options = ProxyOptions::parse();
+    let mut options = ProxyOptions::parse();
+    if let Some(Command::ImportApache {
+        files,
+        rewrite_map,
+        out,
+        force,
+    }) = options.command.take()
+    {
+        return import_apache(&files, rewrite_map.as_deref(), &out, force);
+    }
     let check_only = options.check_config;
     let settings = match options.settings(std::env::var("STICKYROUTE_ADMIN_TOKEN").ok()) {
         Ok(settings) => settings,
@@ -57,6 +68,83 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `import-apache`: writes `routemap` and `proxy.json` into `out`, warnings to stderr.
+fn import_apache(
+    files: &[PathBuf],
+    rewrite_map: Option<&Path>,
+    out: &Path,
+    force: bool,
+) -> ExitCode {
+    let fail = |message: String| {
+        eprintln!("stickyroute-proxy import-apache: {message}");
+        ExitCode::FAILURE
+    };
+    let mut texts = Vec::new();
+    for file in files {
+        match std::fs::read_to_string(file) {
+            Ok(text) => texts.push((file.display().to_string(), text)),
+            Err(e) => return fail(format!("{}: {e}", file.display())),
+        }
+    }
+    let inputs: Vec<(&str, &str)> = texts
+        .iter()
+        .map(|(name, text)| (name.as_str(), text.as_str()))
+        .collect();
+    let map_text = match rewrite_map.map(|p| (p, std::fs::read_to_string(p))) {
+        Some((p, Err(e))) => return fail(format!("{}: {e}", p.display())),
+        Some((p, Ok(t))) => Some((p.display().to_string(), t)),
+        None => None,
+    };
+    let imported = match import_apache::import(
+        &inputs,
+        map_text.as_ref().map(|(p, t)| (p.as_str(), t.as_str())),
+    ) {
+        Ok(imported) => imported,
+        Err(error) => return fail(error.to_string()),
+    };
+    let (routemap_path, config_path) = (out.join("routemap"), out.join("proxy.json"));
+    if !force && (routemap_path.exists() || config_path.exists()) {
+        return fail(format!(
+            "{} or {} exists; give --force to overwrite",
+            routemap_path.display(),
+            config_path.display()
+        ));
+    }
+    let mut config = imported.config;
+    let absolute = std::path::absolute(&routemap_path).unwrap_or_else(|_| routemap_path.clone());
+    config.insert(
+        "routemap".into(),
+        serde_json::Value::String(absolute.display().to_string()),
+    );
+    let written = std::fs::create_dir_all(out)
+        .and_then(|()| std::fs::write(&routemap_path, &imported.routemap))
+        .and_then(|()| {
+            std::fs::write(
+                &config_path,
+                serde_json::to_string_pretty(&config).unwrap_or_default() + "\n",
+            )
+        });
+    if let Err(e) = written {
+        return fail(format!("cannot write into {}: {e}", out.display()));
+    }
+    for warning in &imported.warnings {
+        eprintln!("warning: {warning}");
+    }
+    println!(
+        "wrote {} and {}",
+        routemap_path.display(),
+        config_path.display()
+    );
+    println!(
+        "run:   stickyroute-proxy --config {}",
+        config_path.display()
+    );
+    if let Some(agent) = imported.agent_hint {
+        println!("on each backend, instead of the RewriteRule: {agent}");
+    }
+    ExitCode::SUCCESS
 }
 
 /// `--check-config`: the settings are valid; the route map, if readable, is checked too.

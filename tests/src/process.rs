@@ -96,6 +96,23 @@ impl Process {
             .collect()
     }
 
+    /// Waits (without blocking the async runtime) until some log line satisfies `check`.
+    pub async fn eventually_logs(&self, what: &str, check: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + crate::PATIENCE;
+        loop {
+            if let Some(line) = self.log().into_iter().find(|l| check(l)) {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never logged {what}; log:\n{}",
+                self.name,
+                self.log().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits for a log line containing `needle` and returns it.
     pub fn wait_for_log(&self, needle: &str, patience: Duration) -> String {
         let deadline = Instant::now() + patience;

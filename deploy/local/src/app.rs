@@ -34,7 +34,9 @@ pub async fn serve(name: &str, addr: SocketAddr) -> anyhow::Result<()> {
     });
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let app = app.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
@@ -52,14 +54,25 @@ pub async fn serve(name: &str, addr: SocketAddr) -> anyhow::Result<()> {
 
 impl App {
     fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-        let cookies = || req.headers().get_all(header::COOKIE).iter().map(|v| v.as_bytes());
-        let sid = find_cookie(cookies(), b"SESSION").map(|v| String::from_utf8_lossy(v).into_owned());
-        let balance = find_cookie(cookies(), b"balanceid").map(|v| String::from_utf8_lossy(v).into_owned());
+        let cookies = || {
+            req.headers()
+                .get_all(header::COOKIE)
+                .iter()
+                .map(|v| v.as_bytes())
+        };
+        let sid =
+            find_cookie(cookies(), b"SESSION").map(|v| String::from_utf8_lossy(v).into_owned());
+        let balance =
+            find_cookie(cookies(), b"balanceid").map(|v| String::from_utf8_lossy(v).into_owned());
         let mut set_cookie = None;
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let (sid, visits) = match (req.uri().path(), sid) {
             ("/login", _) => {
-                let sid = format!("{}-{}", self.name, self.next.fetch_add(1, Ordering::Relaxed));
+                let sid = format!(
+                    "{}-{}",
+                    self.name,
+                    self.next.fetch_add(1, Ordering::Relaxed)
+                );
                 sessions.insert(sid.clone(), 1);
                 set_cookie = Some(format!("SESSION={sid}; Path=/; HttpOnly"));
                 (Some(sid), Some(1))
@@ -86,10 +99,15 @@ impl App {
             .is_some_and(|a| a.contains("text/html"));
         let session_text = match (&sid, visits) {
             (Some(sid), Some(n)) => format!("session {sid}, visit {n}"),
-            (Some(sid), None) => format!("session {sid} is unknown here: its state lives on another backend"),
+            (Some(sid), None) => {
+                format!("session {sid} is unknown here: its state lives on another backend")
+            }
             (None, _) => "no session (log in to start one)".to_owned(),
         };
-        let cookie_text = balance.map_or_else(|| "no balanceid cookie yet".to_owned(), |b| format!("balanceid={b}"));
+        let cookie_text = balance.map_or_else(
+            || "no balanceid cookie yet".to_owned(),
+            |b| format!("balanceid={b}"),
+        );
         let (content_type, body) = if wants_html {
             (
                 "text/html; charset=utf-8",
@@ -103,7 +121,10 @@ impl App {
                 ),
             )
         } else {
-            ("text/plain; charset=utf-8", format!("served by {}: {session_text}; {cookie_text}\n", self.name))
+            (
+                "text/plain; charset=utf-8",
+                format!("served by {}: {session_text}; {cookie_text}\n", self.name),
+            )
         };
         let mut response = Response::new(Full::new(Bytes::from(body)));
         let headers = response.headers_mut();

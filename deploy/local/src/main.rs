@@ -38,18 +38,30 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let base = args.port_base;
-    let (proxy_port, admin_port, agent_port, agent_admin_port, app_port) = (base, base + 1, base + 2, base + 3, base + 4);
-    let bin = std::env::current_exe()?.parent().context("binary directory")?.to_owned();
+    let (proxy_port, admin_port, agent_port, agent_admin_port, app_port) =
+        (base, base + 1, base + 2, base + 3, base + 4);
+    let bin = std::env::current_exe()?
+        .parent()
+        .context("binary directory")?
+        .to_owned();
     for name in ["stickyroute-agent", "stickyroute-proxy"] {
         if !bin.join(name).exists() {
-            bail!("{} is missing: build everything first with `cargo build --release`", bin.join(name).display());
+            bail!(
+                "{} is missing: build everything first with `cargo build --release`",
+                bin.join(name).display()
+            );
         }
     }
     std::fs::create_dir_all(&args.dir).with_context(|| format!("create {}", args.dir.display()))?;
     let map = std::fs::canonicalize(&args.dir)?.join("routemap");
-    let text: String = std::iter::once("# stickyroute demo route map: edit me while the demo runs\n".to_owned())
-        .chain(SERVERS.iter().map(|(route, ip, lf)| format!("{} {route} loadfactor={lf}\n", IpAddr::from(*ip))))
-        .collect();
+    let text: String =
+        std::iter::once("# stickyroute demo route map: edit me while the demo runs\n".to_owned())
+            .chain(
+                SERVERS.iter().map(|(route, ip, lf)| {
+                    format!("{} {route} loadfactor={lf}\n", IpAddr::from(*ip))
+                }),
+            )
+            .collect();
     std::fs::write(&map, text).with_context(|| format!("write {}", map.display()))?;
 
     let mut children = Vec::new();
@@ -82,7 +94,11 @@ async fn main() -> anyhow::Result<()> {
             "--drain-delay=0s".to_owned(),
         ],
     )?);
-    wait_ready(&mut children, SocketAddr::from(([127, 0, 0, 1], admin_port))).await?;
+    wait_ready(
+        &mut children,
+        SocketAddr::from(([127, 0, 0, 1], admin_port)),
+    )
+    .await?;
     print_guide(proxy_port, admin_port, &map);
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -122,7 +138,9 @@ async fn wait_ready(children: &mut [Child], admin: SocketAddr) -> anyhow::Result
         }
         for child in children.iter_mut() {
             if let Some(status) = child.try_wait()? {
-                bail!("a demo process exited during start-up ({status}); is another demo running on these ports?");
+                bail!(
+                    "a demo process exited during start-up ({status}); is another demo running on these ports?"
+                );
             }
         }
         if Instant::now() > deadline {

@@ -2,7 +2,7 @@
 
 mod options;
 
-pub use options::{LbMethod, ProxyOptions, UnknownRoute};
+pub use options::{Command, LbMethod, ProxyOptions, UnknownRoute};
 
 use crate::manager::access::{Cidr, Token, load_tokens};
 use crate::sticky::StickySpec;

@@ -36,9 +36,16 @@ pub enum UnknownRoute {
 /// (`balanceid=route.www1` → member www1), balances new sessions by loadfactor, and follows
 /// the route map live, with no restart.
 #[derive(Debug, Default, Parser, Deserialize)]
-#[command(name = "stickyroute-proxy", version)]
+#[command(
+    name = "stickyroute-proxy",
+    version,
+    args_conflicts_with_subcommands = true
+)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyOptions {
+    #[command(subcommand)]
+    #[serde(skip)]
+    pub command: Option<Command>,
     /// A JSON config file with the same settings (keys spelled like the flags, `_` for `-`);
     /// flags given on the command line override it.
     #[arg(long, env = "STICKYROUTE_CONFIG", value_name = "FILE")]
@@ -181,6 +188,28 @@ pub struct ProxyOptions {
     pub grace_period: Option<Duration>,
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Translate an Apache mod_proxy_balancer configuration (BalancerMember, ProxySet,
+    /// ProxyPass with stickysession/nofailover, the balancer-manager's Allow from, and the
+    /// backends' RewriteMap/RewriteCond/RewriteRule cookie trick) into a route map and a
+    /// proxy config. Everything not translated is listed as a warning.
+    ImportApache {
+        /// Apache configuration files (the proxy's, and optionally a backend's).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// The RewriteMap txt: file, to check it against the BalancerMembers.
+        #[arg(long, value_name = "FILE")]
+        rewrite_map: Option<PathBuf>,
+        /// Where to write `routemap` and `proxy.json`.
+        #[arg(long, default_value = ".", value_name = "DIR")]
+        out: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
 /// A duration in the file: `"250ms"`, `"5s"`, or a number of seconds.
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     #[derive(Deserialize)]
@@ -211,6 +240,7 @@ impl ProxyOptions {
             if flag.is_empty() { file } else { flag }
         }
         ProxyOptions {
+            command: self.command,
             config: self.config,
             check_config: self.check_config,
             listen: list(self.listen, file.listen),
