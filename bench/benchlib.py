@@ -108,6 +108,31 @@ def wrk(url, connections, seconds, headers=(), threads=1, cpus=None):
     return {"rps": rps, "p50": p50, "p99": p99, "errors": errors, "raw": out}
 
 
+def version(program):
+    """A one-line version string of a peer (or of stickyroute)."""
+    commands = {
+        "stickyroute": [os.path.join(RELEASE, "stickyroute-proxy"), "--version"],
+        "haproxy": ["haproxy", "-v"],
+        "nginx": ["nginx", "-v"],
+        "apache2": ["apache2", "-v"],
+    }
+    try:
+        out = subprocess.run(commands[program], capture_output=True, text=True, timeout=10)
+        text = (out.stdout + out.stderr).strip().splitlines()[0]
+    except Exception:
+        return program
+    return text.replace("nginx version: ", "").replace("Server version: ", "").split(" - ")[0]
+
+
+def metric(url, name):
+    """The value of an unlabelled Prometheus metric."""
+    with urllib.request.urlopen(url, timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise RuntimeError(f"{name} not in {url}")
+
+
 def median_of(runs, key):
     return statistics.median(r[key] for r in runs)
 

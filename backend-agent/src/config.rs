@@ -95,6 +95,10 @@ pub struct AgentArgs {
     #[arg(long = "skip-path", value_name = "PREFIX")]
     pub skip_paths: Vec<String>,
 
+    /// Worker threads, each with its own event loop and connection pool to the app.
+    /// Default: one per core.
+    #[arg(long, env = "STICKYROUTE_WORKERS", value_name = "COUNT")]
+    pub workers: Option<usize>,
     #[command(flatten)]
     pub log: LogArgs,
     #[command(flatten)]

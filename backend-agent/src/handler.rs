@@ -18,14 +18,38 @@ use stickyroute_relay::forward::{Origin, Upstreams};
 use stickyroute_relay::headers::Forwarded;
 use stickyroute_relay::serve::{ConnInfo, Handler};
 
-pub struct Agent {
+/// What every worker's [`Agent`] shares.
+pub struct AgentShared {
     pub settings: Settings,
     pub live: Live,
+    /// Generation of the map the last "own key missing" warning was about, so it is logged
+    /// once per map change rather than per request (and per worker).
+    warned_generation: AtomicU64,
+}
+
+impl AgentShared {
+    pub fn new(settings: Settings, live: Live) -> Self {
+        Self {
+            settings,
+            live,
+            warned_generation: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The request path of one worker: the shared state plus this worker's pool to the app.
+pub struct Agent {
+    pub shared: Arc<AgentShared>,
     pub upstreams: Upstreams,
     pub metrics: Arc<Metrics>,
-    /// Generation of the map the last "own key missing" warning was about, so it is logged
-    /// once per map change rather than per request.
-    warned_generation: AtomicU64,
+}
+
+impl std::ops::Deref for Agent {
+    type Target = AgentShared;
+
+    fn deref(&self) -> &AgentShared {
+        &self.shared
+    }
 }
 
 /// What was decided from the request, to be applied to the response.
@@ -36,18 +60,11 @@ struct Plan {
 }
 
 impl Agent {
-    pub fn new(
-        settings: Settings,
-        live: Live,
-        upstreams: Upstreams,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(shared: Arc<AgentShared>, upstreams: Upstreams, metrics: Arc<Metrics>) -> Self {
         Self {
-            settings,
-            live,
+            shared,
             upstreams,
             metrics,
-            warned_generation: AtomicU64::new(0),
         }
     }
 

@@ -6,12 +6,14 @@ use clap::Parser;
 use std::process::ExitCode;
 use std::sync::Arc;
 use stickyroute_agent::admin::AgentAdmin;
+use stickyroute_agent::config::Settings;
 use stickyroute_agent::config::{AgentArgs, host_name};
-use stickyroute_agent::handler::Agent;
+use stickyroute_agent::handler::{Agent, AgentShared};
 use stickyroute_agent::metrics::Metrics;
 use stickyroute_relay::forward::Upstreams;
 use stickyroute_relay::lifecycle::Lifecycle;
 use stickyroute_relay::serve::{bind, serve};
+use stickyroute_relay::workers;
 
 /// sysexits' EX_USAGE: the configuration is wrong, restarting will not help.
 const EXIT_CONFIG: u8 = 64;
@@ -49,33 +51,37 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(
-    args: AgentArgs,
-    settings: stickyroute_agent::config::Settings,
-) -> anyhow::Result<bool> {
+async fn run(args: AgentArgs, settings: Settings) -> anyhow::Result<bool> {
     let lifecycle = Arc::new(Lifecycle::default());
     let (live, _source) = args.map.start();
-    let traffic = bind(args.listen).await?;
+    let workers = args
+        .workers
+        .filter(|n| *n > 0)
+        .unwrap_or_else(workers::default_count);
+    let listeners = workers::bind_for_workers(&[args.listen], workers)?;
     let admin_listener = bind(args.admin_listen).await?;
-    let upstreams = Upstreams::new(args.upstream_limits.timeouts(), lifecycle.tunnels());
-    let agent = Arc::new(Agent::new(
-        settings,
-        live,
-        upstreams,
-        Arc::new(Metrics::default()),
-    ));
     tracing::info!(
-        listen = %traffic.local_addr()?,
-        upstream = %agent.settings.upstream,
+        listen = %listeners[0][0].local_addr()?,
+        upstream = %settings.upstream,
         admin = %admin_listener.local_addr()?,
+        workers,
         routemap = %args.map.routemap.display(),
         version = env!("CARGO_PKG_VERSION"),
         "stickyroute-agent started"
     );
+    // Every worker has its own connection pool to the app; the settings, the map and the
+    // counters are shared, so /status and /metrics see all of them.
+    let metrics = Arc::new(Metrics::default());
+    let shared = Arc::new(AgentShared::new(settings, live));
+    let timeouts = args.upstream_limits.timeouts();
     let limits = args.client_limits.limits();
     let grace = args.shutdown.grace_period;
     let admin = AgentAdmin {
-        agent: agent.clone(),
+        agent: Arc::new(Agent::new(
+            shared.clone(),
+            Upstreams::new(timeouts, lifecycle.tunnels()),
+            metrics.clone(),
+        )),
         lifecycle: lifecycle.clone(),
     };
     let admin_task = tokio::spawn(serve(
@@ -85,14 +91,21 @@ async fn run(
         lifecycle.admin_stop(),
         grace,
     ));
-    let traffic_task = tokio::spawn(serve(
-        traffic,
-        agent,
+    let tunnels = lifecycle.tunnels();
+    let servers = workers::spawn(
+        listeners,
+        move |_| {
+            Arc::new(Agent::new(
+                shared.clone(),
+                Upstreams::new(timeouts, tunnels.clone()),
+                metrics.clone(),
+            ))
+        },
         limits,
         lifecycle.traffic_stop(),
         grace,
-    ));
+    )?;
     Ok(lifecycle
-        .run_until_shutdown(args.shutdown.timing(), vec![traffic_task], Some(admin_task))
+        .run_until_shutdown(args.shutdown.timing(), servers, Some(admin_task))
         .await)
 }

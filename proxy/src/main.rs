@@ -20,6 +20,7 @@ use stickyroute_relay::cli::start_file_source;
 use stickyroute_relay::forward::Upstreams;
 use stickyroute_relay::lifecycle::Lifecycle;
 use stickyroute_relay::serve::{bind, serve};
+use stickyroute_relay::workers;
 
 /// sysexits' EX_USAGE: the configuration is wrong, restarting will not help.
 const EXIT_CONFIG: u8 = 64;
@@ -182,25 +183,23 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
         settings.member_port,
         settings.dns_refresh,
     ));
-    let upstreams = Upstreams::new(settings.upstream, lifecycle.tunnels());
+    // Health checks and agent polling get a pool of their own, on this runtime.
+    let probes = Upstreams::new(settings.upstream, lifecycle.tunnels());
     if let Some(check) = settings.health.clone() {
-        tokio::spawn(health::run(balancer.clone(), upstreams.clone(), check));
+        tokio::spawn(health::run(balancer.clone(), probes.clone(), check));
     }
     if let Some(port) = settings.agent_admin_port {
         tokio::spawn(agents::poll(
             balancer.clone(),
-            upstreams.clone(),
+            probes,
             port,
             settings.agent_poll_interval,
         ));
     }
     let metrics = Arc::new(Metrics::default());
-    let mut listeners = Vec::new();
-    for addr in &settings.listen {
-        listeners.push(bind(*addr).await?);
-    }
+    let listeners = workers::bind_for_workers(&settings.listen, settings.workers)?;
     let admin_listener = bind(settings.admin_listen).await?;
-    let bound: Vec<String> = listeners
+    let bound: Vec<String> = listeners[0]
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .map(|a| a.to_string())
@@ -208,24 +207,19 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
     tracing::info!(
         listen = %bound.join(","),
         admin = %admin_listener.local_addr()?,
+        workers = settings.workers,
         routemap = %settings.routemap.display(),
         stickysession = %settings.sticky.describe(),
         nofailover = settings.nofailover,
-        lbmethod = ?settings.lbmethod,
+        lbmethod = settings.lbmethod.as_str(),
         version = env!("CARGO_PKG_VERSION"),
         "stickyroute-proxy started"
     );
-    let proxy = Arc::new(Proxy {
-        settings: settings.clone(),
-        balancer: balancer.clone(),
-        upstreams,
-        metrics: metrics.clone(),
-    });
     let admin = ProxyAdmin {
         settings: settings.clone(),
-        balancer,
+        balancer: balancer.clone(),
         live,
-        metrics,
+        metrics: metrics.clone(),
         lifecycle: lifecycle.clone(),
         access: Access::new(settings.admin_allow.clone(), settings.admin_tokens.clone()),
     };
@@ -237,18 +231,22 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
         lifecycle.admin_stop(),
         grace,
     ));
-    let servers = listeners
-        .into_iter()
-        .map(|l| {
-            tokio::spawn(serve(
-                l,
-                proxy.clone(),
-                settings.limits,
-                lifecycle.traffic_stop(),
-                grace,
-            ))
-        })
-        .collect();
+    // Each worker gets its own member connection pool, on its own event loop.
+    let (shared, tunnels) = (settings.clone(), lifecycle.tunnels());
+    let servers = workers::spawn(
+        listeners,
+        move |_| {
+            Arc::new(Proxy {
+                settings: shared.clone(),
+                balancer: balancer.clone(),
+                upstreams: Upstreams::new(shared.upstream, tunnels.clone()),
+                metrics: metrics.clone(),
+            })
+        },
+        settings.limits,
+        lifecycle.traffic_stop(),
+        grace,
+    )?;
     Ok(lifecycle
         .run_until_shutdown(settings.shutdown, servers, Some(admin_task))
         .await)

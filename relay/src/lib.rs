@@ -3,6 +3,7 @@
 //!
 //! - [`serve`]: the accept loop: HTTP/1.1 and HTTP/2 on one port, header limits and
 //!   timeouts, graceful connection shutdown.
+//! - [`workers`]: one single-threaded event loop per core with `SO_REUSEPORT` listeners.
 //! - [`forward`]: one request to an upstream over a keep-alive pool, with protocol upgrades
 //!   (WebSocket) tunnelled.
 //! - [`headers`]: hop-by-hop headers and `X-Forwarded-*`.
@@ -21,3 +22,4 @@ pub mod headers;
 pub mod lifecycle;
 pub mod metrics;
 pub mod serve;
+pub mod workers;

@@ -8,6 +8,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -57,7 +58,7 @@ impl Lifecycle {
     pub async fn run_until_shutdown(
         &self,
         timing: ShutdownTiming,
-        servers: Vec<JoinHandle<bool>>,
+        servers: Vec<oneshot::Receiver<bool>>,
         admin: Option<JoinHandle<bool>>,
     ) -> bool {
         let signal = wait_for_signal().await;

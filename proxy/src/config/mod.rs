@@ -73,6 +73,7 @@ pub struct Settings {
     pub failonstatus: Vec<StatusCode>,
     pub health: Option<HealthCheck>,
     pub dns_refresh: Duration,
+    pub workers: usize,
     pub upstream: UpstreamTimeouts,
     pub limits: ServerLimits,
     pub admin_listen: SocketAddr,
@@ -180,6 +181,10 @@ impl ProxyOptions {
             failonstatus,
             health,
             dns_refresh: self.dns_refresh.unwrap_or(Duration::from_secs(30)),
+            workers: self
+                .workers
+                .filter(|n| *n > 0)
+                .unwrap_or_else(stickyroute_relay::workers::default_count),
             upstream: UpstreamTimeouts {
                 connect: self.connect_timeout.unwrap_or(Duration::from_secs(5)),
                 response_header: self.response_timeout.unwrap_or(Duration::from_secs(60)),

@@ -127,6 +127,10 @@ pub struct ProxyOptions {
     #[serde(deserialize_with = "de_duration")]
     pub dns_refresh: Option<Duration>,
 
+    /// Worker threads, each with its own event loop and member connection pool (like
+    /// nginx's worker_processes). Default: one per core.
+    #[arg(long, env = "STICKYROUTE_WORKERS", value_name = "COUNT")]
+    pub workers: Option<usize>,
     /// Time allowed to connect to a member. Default 5s.
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     #[serde(deserialize_with = "de_duration")]
@@ -260,6 +264,7 @@ impl ProxyOptions {
             health_rise: self.health_rise.or(file.health_rise),
             health_fall: self.health_fall.or(file.health_fall),
             dns_refresh: self.dns_refresh.or(file.dns_refresh),
+            workers: self.workers.or(file.workers),
             connect_timeout: self.connect_timeout.or(file.connect_timeout),
             response_timeout: self.response_timeout.or(file.response_timeout),
             upstream_idle_timeout: self.upstream_idle_timeout.or(file.upstream_idle_timeout),
