@@ -41,10 +41,19 @@ class Proc:
         self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
 
     def stop(self):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGKILL)
-            self.p.wait()
+        """Kills the process and every process it started (nginx's and Apache's workers
+        would otherwise live on, orphaned, holding the port)."""
+        for pid in reversed(tree_pids(self.p.pid)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        self.p.wait()
         self.log.close()
+
+    def check_alive(self, what):
+        if self.p.poll() is not None:
+            raise RuntimeError(f"{what} exited with {self.p.returncode}; see {self.log.name}")
 
     def rss_kib(self):
         try:
@@ -65,6 +74,51 @@ class Proc:
             return (int(fields[11]) + int(fields[12])) / ticks
         except OSError:
             return 0.0
+
+
+def tree_pids(root):
+    """root and all its descendants, parents first."""
+    children = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(pid))
+            except OSError:
+                pass
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop(0)
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def tree_usage(root):
+    """(cpu seconds, rss KiB) of a process tree."""
+    cpu, rss = 0.0, 0
+    for pid in tree_pids(root):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            with open(f"/proc/{pid}/status") as f:
+                rss += next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            pass
+    return cpu, rss
+
+
+def ensure_free(host, port):
+    """Fails when something already listens there (a stale run would be measured instead)."""
+    import socket
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise RuntimeError(f"{host}:{port} is in use ({e}); stop whatever listens there first") from e
 
 
 def wait_http(url, status=200, patience=20):

@@ -133,40 +133,6 @@ def stickyroute_cmd(work, routemap):
             "--member-port", str(BACKEND_PORT), "--log-level", "warn"]
 
 
-def tree_pids(root):
-    """root and all its descendants."""
-    children = {}
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(pid))
-            except OSError:
-                pass
-    out, todo = [], [root]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
-
-
-def tree_usage(root):
-    """(cpu seconds, rss KiB) of a process tree."""
-    cpu, rss = 0.0, 0
-    for pid in tree_pids(root):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            with open(f"/proc/{pid}/status") as f:
-                rss += next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
-        except (OSError, StopIteration):
-            pass
-    return cpu, rss
-
-
 def start_proxies(work, routemap, pinned):
     cpus = "0" if pinned else None
     n = 1 if pinned else 2
@@ -178,6 +144,8 @@ def start_proxies(work, routemap, pinned):
     }
     env_workers = {"stickyroute": {"TOKIO_WORKER_THREADS": str(n)}}
     procs = {}
+    for name in cmds:
+        b.ensure_free("127.0.0.1", PORTS[name])
     for name, cmd in cmds.items():
         for d in ("body", "proxy"):
             os.makedirs(os.path.join(work, d), exist_ok=True)
@@ -192,6 +160,7 @@ def start_proxies(work, routemap, pinned):
                 os.environ[k] = v
     for name in procs:
         b.wait_http(f"http://127.0.0.1:{PORTS[name]}/", patience=30)
+        procs[name].check_alive(name)
     return procs
 
 
@@ -238,6 +207,8 @@ def main():
               "(checked before measuring). CPU is the proxy's whole process tree, in cores; RSS likewise.\n"]
 
     def run_matrix(pinned):
+        for _, ip, _ in BACKENDS:
+            b.ensure_free(ip, BACKEND_PORT)
         backends = [b.Proc([os.path.join(b.RELEASE, "bench_backend"), f"{ip}:{BACKEND_PORT}", r],
                            os.path.join(work, f"{r}.log"), cpus="1" if pinned else None) for r, ip, _ in BACKENDS]
         for _, ip, _ in BACKENDS:
@@ -256,9 +227,11 @@ def main():
                     for name, url, proc in targets:
                         if name == "backend direct" and case == "no cookie":
                             continue
-                        before = tree_usage(proc.p.pid) if proc else (0.0, 0)
+                        before = b.tree_usage(proc.p.pid) if proc else (0.0, 0)
                         run = b.wrk(url, c, secs, headers, cpus="1" if pinned else None)
-                        after = tree_usage(proc.p.pid) if proc else (0.0, 0)
+                        after = b.tree_usage(proc.p.pid) if proc else (0.0, 0)
+                        if proc:
+                            proc.check_alive(name)
                         run["cpu"] = (after[0] - before[0]) / secs
                         run["rss"] = after[1]
                         rows[(c, case, name)] = run

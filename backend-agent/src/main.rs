@@ -11,12 +11,9 @@ use stickyroute_agent::config::{AgentArgs, host_name};
 use stickyroute_agent::handler::{Agent, AgentShared};
 use stickyroute_agent::metrics::Metrics;
 use stickyroute_relay::forward::Upstreams;
-use stickyroute_relay::lifecycle::Lifecycle;
+use stickyroute_relay::lifecycle::{EXIT_CONFIG, Lifecycle, run_main};
 use stickyroute_relay::serve::{bind, serve};
 use stickyroute_relay::workers;
-
-/// sysexits' EX_USAGE: the configuration is wrong, restarting will not help.
-const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let args = AgentArgs::parse();
@@ -31,24 +28,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the runtime");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args, settings)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(error) => {
-            tracing::error!("{error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    run_main(run(args, settings))
 }
 
 async fn run(args: AgentArgs, settings: Settings) -> anyhow::Result<bool> {

@@ -18,12 +18,9 @@ use stickyroute_proxy::manager::agents;
 use stickyroute_proxy::metrics::Metrics;
 use stickyroute_relay::cli::start_file_source;
 use stickyroute_relay::forward::Upstreams;
-use stickyroute_relay::lifecycle::Lifecycle;
+use stickyroute_relay::lifecycle::{EXIT_CONFIG, Lifecycle, run_main};
 use stickyroute_relay::serve::{bind, serve};
 use stickyroute_relay::workers;
-
-/// sysexits' EX_USAGE: the configuration is wrong, restarting will not help.
-const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let mut options = ProxyOptions::parse();
@@ -51,24 +48,7 @@ fn main() -> ExitCode {
         eprintln!("stickyroute-proxy: {error}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the runtime");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(settings)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(error) => {
-            tracing::error!("{error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    run_main(run(settings))
 }
 
 /// `import-apache`: writes `routemap` and `proxy.json` into `out`, warnings to stderr.

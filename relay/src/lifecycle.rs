@@ -13,6 +13,37 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// sysexits' EX_USAGE: the configuration is wrong, so restarting will not help.
+pub const EXIT_CONFIG: u8 = 64;
+
+/// Runs a binary's main future on a fresh runtime (the admin listener, the map source and
+/// the shutdown sequence live there; traffic runs on the workers). Exit status 0 when it
+/// returns `Ok(true)` (everything drained in time), 1 otherwise; an error is logged.
+pub fn run_main<F, E>(main: F) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = Result<bool, E>>,
+    E: std::fmt::Display,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the runtime");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Timing of a graceful shutdown.
 #[derive(Debug, Clone, Copy)]
 pub struct ShutdownTiming {

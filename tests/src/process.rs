@@ -96,6 +96,24 @@ impl Process {
             .collect()
     }
 
+    /// Waits until this process's admin listener at `admin` answers `/readyz` with 200.
+    pub async fn wait_ready(&self, admin: SocketAddr) {
+        let deadline = Instant::now() + crate::PATIENCE;
+        loop {
+            let ready = crate::client::get(admin, "/readyz").try_send().await;
+            if ready.is_ok_and(|r| r.status == 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never became ready; log:\n{}",
+                self.name,
+                self.log().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits (without blocking the async runtime) until some log line satisfies `check`.
     pub async fn eventually_logs(&self, what: &str, check: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + crate::PATIENCE;

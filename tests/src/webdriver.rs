@@ -101,8 +101,8 @@ impl Browser {
             .await;
     }
 
-    /// Clicks the element matching a CSS selector (and waits for the page it loads).
-    pub async fn click(&self, css: &str) {
+    /// The WebDriver id of the element matching a CSS selector.
+    async fn find(&self, css: &str) -> String {
         let element = self
             .command(
                 Method::POST,
@@ -110,10 +110,15 @@ impl Browser {
                 Some(json!({"using": "css selector", "value": css})),
             )
             .await;
-        let id = element[ELEMENT]
+        element[ELEMENT]
             .as_str()
             .unwrap_or_else(|| panic!("no element {css}: {element}"))
-            .to_owned();
+            .to_owned()
+    }
+
+    /// Clicks the element matching a CSS selector.
+    pub async fn click(&self, css: &str) {
+        let id = self.find(css).await;
         self.command(
             Method::POST,
             &format!("/element/{id}/click"),
@@ -124,17 +129,7 @@ impl Browser {
 
     /// The text of the element matching a CSS selector.
     pub async fn text(&self, css: &str) -> String {
-        let element = self
-            .command(
-                Method::POST,
-                "/element",
-                Some(json!({"using": "css selector", "value": css})),
-            )
-            .await;
-        let id = element[ELEMENT]
-            .as_str()
-            .unwrap_or_else(|| panic!("no element {css}: {element}"))
-            .to_owned();
+        let id = self.find(css).await;
         self.command(Method::GET, &format!("/element/{id}/text"), None)
             .await
             .as_str()

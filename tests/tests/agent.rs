@@ -39,22 +39,7 @@ async fn setup_with_map(map: &str, args: &[&str]) -> (TempDir, TestApp, Agent) {
 }
 
 async fn wait_ready(agent: &Agent) {
-    let admin = agent.admin;
-    let deadline = Instant::now() + PATIENCE;
-    while get(admin, "/readyz")
-        .try_send()
-        .await
-        .map(|r| r.status.as_u16())
-        .ok()
-        != Some(200)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "agent never ready; log:\n{}",
-            agent.process.log().join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    agent.process.wait_ready(agent.admin).await;
 }
 
 async fn metric(agent: &Agent, line_prefix: &str) -> String {

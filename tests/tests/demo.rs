@@ -48,21 +48,7 @@ async fn the_demo_serves_sticky_sessions_and_follows_map_edits() {
     );
     let proxy: SocketAddr = format!("127.0.0.1:{base}").parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", base + 1).parse().unwrap();
-    let deadline = Instant::now() + PATIENCE;
-    while get(admin, "/readyz")
-        .try_send()
-        .await
-        .map(|r| r.status.as_u16())
-        .ok()
-        != Some(200)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "demo never ready; log:\n{}",
-            demo.log().join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    demo.wait_ready(admin).await;
     let login = get(proxy, "/login").send().await;
     let backend = login.header("x-app").unwrap();
     let cookies: Vec<String> = login
