@@ -96,13 +96,15 @@ def tree_pids(root):
 
 
 def tree_usage(root):
-    """(cpu seconds, rss KiB) of a process tree."""
+    """(cpu seconds, rss KiB) of a process tree. CPU includes children that already exited
+    (Apache replaces its children while it runs): their time is in their parent's
+    cutime/cstime."""
     cpu, rss = 0.0, 0
     for pid in tree_pids(root):
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            cpu += sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
             with open(f"/proc/{pid}/status") as f:
                 rss += next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
         except (OSError, StopIteration):

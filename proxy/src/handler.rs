@@ -74,7 +74,7 @@ impl Proxy {
             Sticky::Malformed => return weighted(Outcome::Malformed),
             Sticky::Route(route) => route,
         };
-        let Some(member) = table.by_sticky_route(route) else {
+        let Some(index) = table.sticky_index(route) else {
             if self.settings.unknown_route == UnknownRoute::Reject {
                 return Err(Refusal {
                     outcome: Outcome::UnknownRoute,
@@ -84,10 +84,7 @@ impl Proxy {
             }
             return weighted(Outcome::UnknownRoute);
         };
-        let index = members
-            .iter()
-            .position(|m| Arc::ptr_eq(m, member))
-            .unwrap_or(0);
+        let member = &members[index];
         let status = member.status();
         // Apache's forcerecovery: when every member is in error, try them anyway.
         let usable = status != Status::Disabled

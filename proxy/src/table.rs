@@ -160,10 +160,15 @@ impl MemberTable {
     /// The member a sticky route leads to: its current route, or a former one it was
     /// renamed from.
     pub fn by_sticky_route(&self, route: &str) -> Option<&Arc<Member>> {
+        self.sticky_index(route).map(|i| &self.members[i])
+    }
+
+    /// Like [`MemberTable::by_sticky_route`], as an index into [`MemberTable::members`].
+    pub fn sticky_index(&self, route: &str) -> Option<usize> {
         self.by_route
             .get(route)
             .or_else(|| self.aliases.get(route))
-            .map(|i| &self.members[*i])
+            .copied()
     }
 
     pub fn snapshot(&self) -> &Arc<Snapshot> {
