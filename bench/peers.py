@@ -202,7 +202,7 @@ def main():
 
     report = [f"# stickyroute-proxy and its peers\n",
               f"One interleaved run on a {os.cpu_count()}-core machine; wrk (1 thread), {secs} s per case. "
-              f"Proxies: stickyroute-proxy {b.version('stickyroute')}, {b.version('haproxy')}, {b.version('nginx')}, {b.version('apache2')}. "
+              f"Proxies: {b.version('stickyroute')}, {b.version('haproxy')}, {b.version('nginx')}, {b.version('apache2')}. "
               "Every proxy routes by the `balanceid` cookie's suffix and balances cookie-less requests 60/60/60/20 "
               "(checked before measuring). CPU is the proxy's whole process tree, in cores; RSS likewise.\n"]
 

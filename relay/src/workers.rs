@@ -32,12 +32,22 @@ pub fn bind_shared(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 /// Binds every address once per worker: `count` lists of listeners, one per address each.
+///
+/// Another process that listens on the address with `SO_REUSEPORT` too (a second proxy
+/// started by mistake) would otherwise silently share the traffic, so the address is first
+/// probed with an exclusive bind, which fails with "address in use" as usual.
 pub fn bind_for_workers(
     addrs: &[SocketAddr],
     count: usize,
 ) -> std::io::Result<Vec<Vec<std::net::TcpListener>>> {
-    let mut workers: Vec<Vec<std::net::TcpListener>> = (0..count).map(|_| Vec::new()).collect();
+    let mut workers: Vec<Vec<std::net::TcpListener>> =
+        (0..count.max(1)).map(|_| Vec::new()).collect();
     for addr in addrs {
+        if addr.port() != 0 {
+            drop(std::net::TcpListener::bind(addr).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+            })?);
+        }
         let first = bind_shared(*addr)?;
         let bound = first.local_addr()?;
         workers[0].push(first);

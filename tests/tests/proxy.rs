@@ -636,3 +636,35 @@ fn check_config_validates_flags_file_and_map() {
     assert_eq!(code, Some(64));
     assert!(text.contains(":1: route \"www.1\""), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_proxy_on_the_same_port_fails_instead_of_sharing_traffic() {
+    let c = Cluster::start(&[("www1", "127.0.0.2", 1)], &[]).await;
+    let port = c.proxy.addr.port().to_string();
+    let second = stickyroute_tests::process::Process::start(
+        "stickyroute-proxy",
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--admin-listen".into(),
+            "127.0.0.1:0".into(),
+            "--routemap".into(),
+            c.map.display().to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(second.wait_exit(PATIENCE), Some(1));
+    assert!(
+        second
+            .log()
+            .join("\n")
+            .contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{:?}",
+        second.log()
+    );
+    assert_eq!(
+        c.answer(None).await.0,
+        200,
+        "the first proxy keeps all its traffic"
+    );
+}
