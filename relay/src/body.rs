@@ -39,10 +39,8 @@ impl http_body::Body for Streamed {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(frame))), Some(meter)) = (&polled, &self.meter)
-            && let Some(data) = frame.data_ref()
-        {
-            meter.sent(data.len() as u64);
+        if let Some(meter) = &self.meter {
+            meter.sent(data_len(&polled));
         }
         polled
     }
@@ -61,6 +59,14 @@ impl Drop for Streamed {
         if let Some(meter) = &self.meter {
             meter.finished();
         }
+    }
+}
+
+/// The number of data bytes in a polled frame (0 for trailers, errors and pending).
+fn data_len(polled: &Poll<Option<Result<Frame<Bytes>, hyper::Error>>>) -> u64 {
+    match polled {
+        Poll::Ready(Some(Ok(frame))) => frame.data_ref().map_or(0, |d| d.len() as u64),
+        _ => 0,
     }
 }
 
@@ -158,10 +164,8 @@ impl http_body::Body for OutgoingBody {
             return Poll::Ready(None);
         };
         let polled = Pin::new(inner).poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(frame))), Some(meter)) = (&polled, &this.meter)
-            && let Some(data) = frame.data_ref()
-        {
-            meter.received(data.len() as u64);
+        if let Some(meter) = &this.meter {
+            meter.received(data_len(&polled));
         }
         polled
     }

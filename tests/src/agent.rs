@@ -3,7 +3,6 @@
 use crate::process::Process;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 /// A running agent and the addresses it bound.
 pub struct Agent {
@@ -77,10 +76,7 @@ impl AgentBuilder {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let process = Process::start("stickyroute-agent", &self.args, &env);
-        let patience = Duration::from_secs(20);
-        let addr = process.logged_addr("stickyroute-agent started", "listen", patience);
-        let admin = process.logged_addr("stickyroute-agent started", "admin", patience);
+        let (process, addr, admin) = Process::start_server("stickyroute-agent", &self.args, &env);
         Agent {
             process,
             addr,

@@ -3,7 +3,6 @@
 use crate::process::Process;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 /// A running proxy and the addresses it bound.
 pub struct Proxy {
@@ -40,14 +39,11 @@ impl ProxyBuilder {
 
     /// Starts the proxy and waits until it has bound its listeners.
     pub fn start(self) -> Proxy {
-        let process = Process::start(
+        let (process, addr, admin) = Process::start_server(
             "stickyroute-proxy",
             &self.args,
             &[("STICKYROUTE_DRAIN_DELAY", "0s")],
         );
-        let patience = Duration::from_secs(20);
-        let addr = process.logged_addr("stickyroute-proxy started", "listen", patience);
-        let admin = process.logged_addr("stickyroute-proxy started", "admin", patience);
         Proxy {
             process,
             addr,
