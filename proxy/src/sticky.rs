@@ -67,14 +67,6 @@ impl StickySpec {
         })
     }
 
-    pub fn cookie(&self) -> &str {
-        &self.cookie
-    }
-
-    pub fn param(&self) -> Option<&str> {
-        self.param.as_deref()
-    }
-
     /// Apache's `stickysession` value, for display.
     pub fn describe(&self) -> String {
         match &self.param {

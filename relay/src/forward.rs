@@ -134,10 +134,6 @@ impl Prepared {
         };
         (prepared, body)
     }
-
-    pub fn method(&self) -> &Method {
-        &self.method
-    }
 }
 
 impl Upstreams {

@@ -181,13 +181,6 @@ impl Publisher {
             details,
         });
     }
-
-    /// The read side this publisher feeds.
-    pub fn live(&self) -> Live {
-        Live {
-            shared: self.shared.clone(),
-        }
-    }
 }
 
 fn rfc3339<S: serde::Serializer>(at: &SystemTime, s: S) -> Result<S::Ok, S::Error> {

@@ -172,3 +172,23 @@ pub async fn connect(
         }
     }
 }
+
+/// Sends each text over the WebSocket and asserts it comes back unchanged.
+pub async fn assert_echoes<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, texts: &[&str])
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    for text in texts {
+        ws.send(Message::text(*text))
+            .await
+            .expect("send over the websocket");
+        let echoed = tokio::time::timeout(crate::PATIENCE, ws.next())
+            .await
+            .expect("an echo in time")
+            .expect("the websocket stays open")
+            .expect("a well-formed frame");
+        assert_eq!(echoed.into_text().expect("a text frame").as_str(), *text);
+    }
+}

@@ -29,6 +29,8 @@ pub struct Process {
     name: String,
     child: Mutex<Child>,
     log: Arc<Mutex<Vec<String>>>,
+    /// The thread collecting stderr; it ends at end-of-file, when the process is gone.
+    reader: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Process {
@@ -62,7 +64,7 @@ impl Process {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("piped stderr");
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
@@ -72,6 +74,7 @@ impl Process {
             name: binary,
             child: Mutex::new(child),
             log,
+            reader: Mutex::new(Some(reader)),
         }
     }
 
@@ -196,11 +199,15 @@ impl Process {
         assert!(status.success(), "kill -{signal} failed");
     }
 
-    /// Waits for the process to exit and returns its exit code.
+    /// Waits for the process to exit and returns its exit code; its log is complete then.
     pub fn wait_exit(&self, patience: Duration) -> Option<i32> {
         let deadline = Instant::now() + patience;
         loop {
             if let Some(status) = self.try_status().expect("try_wait") {
+                let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(reader) = reader {
+                    let _ = reader.join();
+                }
                 return status.code();
             }
             assert!(

@@ -2,7 +2,6 @@
 //! loopback address, with a real route map file.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use futures_util::{SinkExt, StreamExt};
 use http::Method;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -12,7 +11,6 @@ use stickyroute_tests::app::TestApp;
 use stickyroute_tests::client::{Protocol, call, connect, get};
 use stickyroute_tests::process::Process;
 use tempfile::TempDir;
-use tokio_tungstenite::tungstenite::Message;
 
 const COOKIE_WWW1: &str = "balanceid=route.www1; Path=/; Domain=shop.example";
 
@@ -416,15 +414,7 @@ async fn a_websocket_echo_works_through_the_agent() {
         .await
         .expect("websocket handshake");
     assert_eq!(response.status(), 101);
-    for text in ["hello", "sticky", "world"] {
-        ws.send(Message::text(text)).await.unwrap();
-        let echoed = tokio::time::timeout(PATIENCE, ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(echoed.into_text().unwrap().as_str(), text);
-    }
+    stickyroute_tests::client::assert_echoes(&mut ws, &["hello", "sticky", "world"]).await;
     ws.close(None).await.unwrap();
 }
 

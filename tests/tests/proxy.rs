@@ -2,7 +2,6 @@
 //! following a real route map file.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -10,7 +9,6 @@ use stickyroute_tests::PATIENCE;
 use stickyroute_tests::app::TestApp;
 use stickyroute_tests::client::{Protocol, connect, get};
 use stickyroute_tests::cluster::{Cluster, counts};
-use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seeds_cookie_routes_to_its_member_every_time() {
@@ -468,15 +466,7 @@ async fn a_websocket_stays_on_its_member() {
         before + 1,
         "the handshake went to the sticky member"
     );
-    for text in ["one", "two"] {
-        ws.send(Message::text(text)).await.unwrap();
-        let echoed = tokio::time::timeout(PATIENCE, ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(echoed.into_text().unwrap().as_str(), text);
-    }
+    stickyroute_tests::client::assert_echoes(&mut ws, &["one", "two"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

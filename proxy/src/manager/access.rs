@@ -174,10 +174,6 @@ impl Access {
         &self.nonce
     }
 
-    pub fn tokens_required(&self) -> bool {
-        !self.tokens.is_empty()
-    }
-
     /// Checks the address, then (if any are configured) the token: `Authorization: Bearer
     /// SECRET` for API clients, or HTTP Basic with the secret as password for browsers.
     pub fn check(&self, remote: IpAddr, headers: &HeaderMap) -> Result<Who, Denied> {

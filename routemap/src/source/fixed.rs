@@ -16,12 +16,6 @@ impl FixedSource {
             origin: "fixed".to_owned(),
         }
     }
-
-    /// Names where the map came from, for status and logs.
-    pub fn with_origin(mut self, origin: impl Into<String>) -> Self {
-        self.origin = origin.into();
-        self
-    }
 }
 
 impl Source for FixedSource {
@@ -33,5 +27,24 @@ impl Source for FixedSource {
         Box::pin(async move {
             publisher.publish(self.map);
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::spawn;
+
+    #[tokio::test]
+    async fn a_fixed_map_is_ready_at_once_and_never_changes() {
+        let map = RouteMap::parse(b"10.0.0.1 www1\n").unwrap();
+        let hash = map.hash().to_owned();
+        let (live, _task) = spawn(FixedSource::new(map));
+        tokio::time::timeout(std::time::Duration::from_secs(5), live.ready())
+            .await
+            .unwrap();
+        let status = live.status();
+        assert_eq!((status.source.as_str(), status.generation), ("fixed", 1));
+        assert_eq!(live.load().unwrap().hash(), hash);
     }
 }
