@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
+use routemap::source::MapLocation;
 use std::process::ExitCode;
 use std::sync::Arc;
 use stickyroute_agent::admin::AgentAdmin;
@@ -10,6 +11,7 @@ use stickyroute_agent::config::Settings;
 use stickyroute_agent::config::{AgentArgs, host_name};
 use stickyroute_agent::handler::{Agent, AgentShared};
 use stickyroute_agent::metrics::Metrics;
+use stickyroute_relay::cli::start_map;
 use stickyroute_relay::forward::Upstreams;
 use stickyroute_relay::lifecycle::{EXIT_CONFIG, Lifecycle, run_main};
 use stickyroute_relay::serve::{bind, serve};
@@ -28,12 +30,19 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    run_main(run(args, settings))
+    let location = match args.map.location() {
+        Ok(location) => location,
+        Err(error) => {
+            tracing::error!("invalid configuration: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    run_main(run(args, settings, location))
 }
 
-async fn run(args: AgentArgs, settings: Settings) -> anyhow::Result<bool> {
+async fn run(args: AgentArgs, settings: Settings, location: MapLocation) -> anyhow::Result<bool> {
     let lifecycle = Arc::new(Lifecycle::default());
-    let (live, _source) = args.map.start();
+    let (live, _source) = start_map(&location, args.map.routemap_debounce).await?;
     let workers = args
         .workers
         .filter(|n| *n > 0)
@@ -45,7 +54,7 @@ async fn run(args: AgentArgs, settings: Settings) -> anyhow::Result<bool> {
         upstream = %settings.upstream,
         admin = %admin_listener.local_addr()?,
         workers,
-        routemap = %args.map.routemap.display(),
+        routemap = %location,
         version = env!("CARGO_PKG_VERSION"),
         "stickyroute-agent started"
     );

@@ -40,15 +40,29 @@ impl Balancer {
     }
 }
 
+/// How members are reached: the port of entries without `port=`, the suffix that turns a
+/// name key into a resolvable host name, and how often names are resolved again.
+#[derive(Debug, Clone)]
+pub struct Addressing {
+    pub member_port: u16,
+    pub domain_suffix: String,
+    pub dns_refresh: Duration,
+}
+
 /// Keeps `balancer` in step with `live`: a new table for every new snapshot, and for DNS
 /// changes of name keys (re-resolved every `dns_refresh` and on every map change).
-pub async fn follow(balancer: Arc<Balancer>, live: Live, member_port: u16, dns_refresh: Duration) {
+pub async fn follow(balancer: Arc<Balancer>, live: Live, addressing: Addressing) {
+    let Addressing {
+        member_port,
+        domain_suffix,
+        dns_refresh,
+    } = addressing;
     let mut changes = live.subscribe();
     let mut resolved = Resolved::new();
     let mut built_generation = 0;
     loop {
         if let Some(snapshot) = live.load() {
-            let fresh = resolve_names(&snapshot, &resolved).await;
+            let fresh = resolve_names(&snapshot, &resolved, &domain_suffix).await;
             if snapshot.generation() != built_generation || fresh != resolved {
                 resolved = fresh;
                 built_generation = snapshot.generation();
@@ -62,9 +76,9 @@ pub async fn follow(balancer: Arc<Balancer>, live: Live, member_port: u16, dns_r
     }
 }
 
-/// Resolves every host-name key of the map. A name that does not resolve makes that
-/// member unusable (logged when it changes), never the map invalid.
-async fn resolve_names(snapshot: &Snapshot, previous: &Resolved) -> Resolved {
+/// Resolves every host-name key of the map (as `KEY` + `suffix`). A name that does not
+/// resolve makes that member unusable (logged when it changes), never the map invalid.
+async fn resolve_names(snapshot: &Snapshot, previous: &Resolved, suffix: &str) -> Resolved {
     let names: Vec<Arc<str>> = snapshot
         .entries()
         .iter()
@@ -74,9 +88,10 @@ async fn resolve_names(snapshot: &Snapshot, previous: &Resolved) -> Resolved {
         })
         .collect();
     let lookups = names.iter().map(|name| async move {
+        let host = format!("{name}{suffix}");
         let found = tokio::time::timeout(
             Duration::from_secs(2),
-            tokio::net::lookup_host((&**name, 0)),
+            tokio::net::lookup_host((host.as_str(), 0)),
         )
         .await;
         let ip = match found {
@@ -93,10 +108,10 @@ async fn resolve_names(snapshot: &Snapshot, previous: &Resolved) -> Resolved {
         let before = previous.get(name).copied().flatten();
         match ip {
             None if before.is_some() || !previous.contains_key(name) => {
-                tracing::warn!(%name, "member host name does not resolve; the member is unusable until it does");
+                tracing::warn!(%name, host = format!("{name}{suffix}"), "member host name does not resolve; the member is unusable until it does");
             }
             Some(ip) if before != Some(*ip) => {
-                tracing::info!(%name, %ip, "member host name resolved")
+                tracing::info!(%name, host = format!("{name}{suffix}"), %ip, "member host name resolved")
             }
             _ => {}
         }

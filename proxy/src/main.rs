@@ -4,11 +4,12 @@
 
 use clap::Parser;
 use routemap::RouteMap;
+use routemap::source::MapLocation;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use stickyroute_proxy::admin::ProxyAdmin;
-use stickyroute_proxy::balancer::{Balancer, follow};
+use stickyroute_proxy::balancer::{Addressing, Balancer, follow};
 use stickyroute_proxy::config::{Command, ProxyOptions, Settings};
 use stickyroute_proxy::handler::Proxy;
 use stickyroute_proxy::health;
@@ -16,7 +17,7 @@ use stickyroute_proxy::import_apache;
 use stickyroute_proxy::manager::access::Access;
 use stickyroute_proxy::manager::agents;
 use stickyroute_proxy::metrics::Metrics;
-use stickyroute_relay::cli::start_file_source;
+use stickyroute_relay::cli::start_map;
 use stickyroute_relay::forward::Upstreams;
 use stickyroute_relay::lifecycle::{EXIT_CONFIG, Lifecycle, run_main};
 use stickyroute_relay::serve::{bind, serve};
@@ -130,8 +131,17 @@ fn import_apache(
 
 /// `--check-config`: the settings are valid; the route map, if readable, is checked too.
 fn check(settings: &Settings) -> ExitCode {
-    let origin = settings.routemap.display().to_string();
-    match std::fs::read(&settings.routemap) {
+    let origin = settings.routemap.to_string();
+    let path = match &settings.routemap {
+        MapLocation::File(path) => path,
+        MapLocation::ConfigMap(_) => {
+            println!(
+                "configuration ok; route map {origin} is read through the Kubernetes API at start (check the map itself with `routemap check`)"
+            );
+            return ExitCode::SUCCESS;
+        }
+    };
+    match std::fs::read(path) {
         Ok(bytes) => match RouteMap::load(&origin, &bytes) {
             Ok(map) => println!(
                 "configuration ok; route map {origin}: {} members, hash {}",
@@ -155,13 +165,16 @@ fn check(settings: &Settings) -> ExitCode {
 async fn run(settings: Settings) -> anyhow::Result<bool> {
     let settings = Arc::new(settings);
     let lifecycle = Arc::new(Lifecycle::default());
-    let (live, _source) = start_file_source(&settings.routemap, settings.routemap_debounce);
+    let (live, _source) = start_map(&settings.routemap, settings.routemap_debounce).await?;
     let balancer = Arc::new(Balancer::default());
     tokio::spawn(follow(
         balancer.clone(),
         live.clone(),
-        settings.member_port,
-        settings.dns_refresh,
+        Addressing {
+            member_port: settings.member_port,
+            domain_suffix: settings.member_domain_suffix.clone(),
+            dns_refresh: settings.dns_refresh,
+        },
     ));
     // Health checks and agent polling get a pool of their own, on this runtime.
     let probes = Upstreams::new(settings.upstream, lifecycle.tunnels());
@@ -188,7 +201,7 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
         listen = %bound.join(","),
         admin = %admin_listener.local_addr()?,
         workers = settings.workers,
-        routemap = %settings.routemap.display(),
+        routemap = %settings.routemap,
         stickysession = %settings.sticky.describe(),
         nofailover = settings.nofailover,
         lbmethod = settings.lbmethod.as_str(),

@@ -6,7 +6,10 @@ use crate::lifecycle::ShutdownTiming;
 use crate::serve::ServerLimits;
 use clap::{Args, ValueEnum};
 use routemap::Live;
-use routemap::source::{FileSource, FileWatchOptions, SourceTask, spawn};
+use routemap::source::{
+    self, ConfigMapRef, DEFAULT_CONFIGMAP_KEY, FileWatchOptions, MapLocation, SourceTask,
+    StartError,
+};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -66,30 +69,71 @@ impl LogArgs {
     }
 }
 
+/// Where the route map comes from: a file, or a ConfigMap through the Kubernetes API.
 #[derive(Debug, Clone, Args)]
 pub struct MapArgs {
-    /// The route map file, followed live (edits, renames, kubelet ConfigMap updates).
+    /// The route map file, followed live (edits, renames, kubelet ConfigMap volume updates).
     #[arg(long, env = "STICKYROUTE_ROUTEMAP", value_name = "PATH")]
-    pub routemap: PathBuf,
+    pub routemap: Option<PathBuf>,
+    /// Instead of a file: watch this ConfigMap through the Kubernetes API (in-cluster
+    /// service account, or KUBECONFIG). Needs get/list/watch on that one ConfigMap.
+    #[arg(
+        long,
+        env = "STICKYROUTE_ROUTEMAP_CONFIGMAP",
+        value_name = "NAMESPACE/NAME",
+        conflicts_with = "routemap"
+    )]
+    pub routemap_configmap: Option<String>,
+    /// The ConfigMap key that holds the map.
+    #[arg(long, env = "STICKYROUTE_ROUTEMAP_KEY", default_value = DEFAULT_CONFIGMAP_KEY, value_name = "KEY")]
+    pub routemap_key: String,
     /// Quiet time after the last file event before the map is read again.
     #[arg(long, value_parser = duration, default_value = "150ms", value_name = "DURATION")]
     pub routemap_debounce: Duration,
 }
 
 impl MapArgs {
-    /// Starts following the map; the handle becomes ready with the first valid map.
-    pub fn start(&self) -> (Live, SourceTask) {
-        start_file_source(&self.routemap, self.routemap_debounce)
+    /// The one place the map comes from; an error names what is missing or malformed.
+    pub fn location(&self) -> Result<MapLocation, String> {
+        map_location(
+            self.routemap.as_deref(),
+            self.routemap_configmap.as_deref(),
+            &self.routemap_key,
+        )
     }
 }
 
-/// Follows a map file with the given debounce (see [`FileWatchOptions`]).
-pub fn start_file_source(path: &std::path::Path, debounce: Duration) -> (Live, SourceTask) {
+/// Checks that exactly one of `--routemap` and `--routemap-configmap` is given.
+pub fn map_location(
+    file: Option<&std::path::Path>,
+    configmap: Option<&str>,
+    key: &str,
+) -> Result<MapLocation, String> {
+    match (file, configmap) {
+        (Some(path), None) => Ok(MapLocation::File(path.to_owned())),
+        (None, Some(object)) => ConfigMapRef::parse(object, key)
+            .map(MapLocation::ConfigMap)
+            .map_err(|e| format!("--routemap-configmap {e}")),
+        (Some(_), Some(_)) => {
+            Err("give either --routemap or --routemap-configmap, not both".to_owned())
+        }
+        (None, None) => Err(
+            "no route map: give --routemap PATH or --routemap-configmap NAMESPACE/NAME".to_owned(),
+        ),
+    }
+}
+
+/// Starts following the map, with the given debounce for files (see [`FileWatchOptions`]).
+/// The handle becomes ready with the first valid map.
+pub async fn start_map(
+    location: &MapLocation,
+    debounce: Duration,
+) -> Result<(Live, SourceTask), StartError> {
     let options = FileWatchOptions {
         debounce,
         ..FileWatchOptions::default()
     };
-    spawn(FileSource::new(path).with_options(options))
+    source::start(location, options).await
 }
 
 #[derive(Debug, Clone, Args)]

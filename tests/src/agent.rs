@@ -36,17 +36,35 @@ impl Agent {
         upstream: SocketAddr,
         routemap: &Path,
     ) -> AgentBuilder {
+        Self::builder_with_map(
+            listen,
+            admin,
+            upstream,
+            &["--routemap", &routemap.display().to_string()],
+        )
+    }
+
+    /// An agent whose map comes from the given flags (for example `--routemap-configmap`).
+    pub fn builder_with_map(
+        listen: &str,
+        admin: &str,
+        upstream: SocketAddr,
+        map_flags: &[&str],
+    ) -> AgentBuilder {
+        let mut args: Vec<String> = [
+            "--listen",
+            listen,
+            "--admin-listen",
+            admin,
+            "--upstream",
+            &upstream.to_string(),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.extend(map_flags.iter().map(|a| a.to_string()));
         AgentBuilder {
-            args: vec![
-                "--listen".into(),
-                listen.to_owned(),
-                "--admin-listen".into(),
-                admin.to_owned(),
-                "--upstream".into(),
-                upstream.to_string(),
-                "--routemap".into(),
-                routemap.display().to_string(),
-            ],
+            args,
             // Through the environment, so a test's own --drain-delay overrides it.
             env: vec![("STICKYROUTE_DRAIN_DELAY".into(), "0s".into())],
         }

@@ -3,6 +3,8 @@
 //! - [`eventually`]: poll an assertion with a patience instead of sleeping a fixed time.
 //! - [`kubelet::ConfigMapDir`]: a directory updated exactly the way the kubelet updates a
 //!   mounted ConfigMap.
+//! - [`kube_api::ApiServer`]: an in-test Kubernetes API server speaking the ConfigMap
+//!   list/watch protocol, with a kubeconfig pointing at it.
 //! - [`app::TestApp`]: a stateful web app with per-session counters, on its own 127.0.0.x.
 //! - [`process::Process`]: a real binary as a child process, with its log collected.
 //! - [`agent::Agent`], [`proxy::Proxy`]: the real binaries, started through builders.
@@ -17,6 +19,7 @@ pub mod agent;
 pub mod app;
 pub mod client;
 pub mod cluster;
+pub mod kube_api;
 pub mod kubelet;
 pub mod process;
 pub mod proxy;

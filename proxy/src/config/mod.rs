@@ -7,10 +7,11 @@ pub use options::{Command, LbMethod, ProxyOptions, UnknownRoute};
 use crate::manager::access::{Cidr, Token, load_tokens};
 use crate::sticky::StickySpec;
 use http::StatusCode;
+use routemap::source::{DEFAULT_CONFIGMAP_KEY, MapLocation};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use stickyroute_relay::cli::{LogArgs, LogFormat};
+use stickyroute_relay::cli::{LogArgs, LogFormat, map_location};
 use stickyroute_relay::forward::UpstreamTimeouts;
 use stickyroute_relay::lifecycle::ShutdownTiming;
 use stickyroute_relay::serve::ServerLimits;
@@ -28,8 +29,10 @@ pub enum ConfigError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("no route map: give --routemap PATH (or \"routemap\" in the config file)")]
-    NoRouteMap,
+    #[error("{0} (or \"routemap\" / \"routemap_configmap\" in the config file)")]
+    RouteMap(String),
+    #[error("--member-domain-suffix {0:?} is not a DNS suffix like .web.shop.svc.cluster.local")]
+    MemberDomainSuffix(String),
     #[error("--stickysession {0:?}: {1}")]
     Sticky(String, String),
     #[error("--affinity-header {0:?} is not a valid header name")]
@@ -62,9 +65,10 @@ pub struct HealthCheck {
 #[derive(Debug)]
 pub struct Settings {
     pub listen: Vec<SocketAddr>,
-    pub routemap: PathBuf,
+    pub routemap: MapLocation,
     pub routemap_debounce: Duration,
     pub member_port: u16,
+    pub member_domain_suffix: String,
     pub sticky: StickySpec,
     pub nofailover: bool,
     pub unknown_route: UnknownRoute,
@@ -124,7 +128,18 @@ impl ProxyOptions {
         };
         let admin_tokens = load_tokens(self.admin_token_file.as_deref(), env_token)
             .map_err(ConfigError::Tokens)?;
-        let routemap = self.routemap.ok_or(ConfigError::NoRouteMap)?;
+        let routemap = map_location(
+            self.routemap.as_deref(),
+            self.routemap_configmap.as_deref(),
+            self.routemap_key
+                .as_deref()
+                .unwrap_or(DEFAULT_CONFIGMAP_KEY),
+        )
+        .map_err(ConfigError::RouteMap)?;
+        let member_domain_suffix = self.member_domain_suffix.unwrap_or_default();
+        if !is_domain_suffix(&member_domain_suffix) {
+            return Err(ConfigError::MemberDomainSuffix(member_domain_suffix));
+        }
         let member_port = self.member_port.unwrap_or(80);
         if member_port == 0 {
             return Err(ConfigError::MemberPort);
@@ -173,6 +188,7 @@ impl ProxyOptions {
             routemap,
             routemap_debounce: self.routemap_debounce.unwrap_or(Duration::from_millis(150)),
             member_port,
+            member_domain_suffix,
             sticky,
             nofailover: self.nofailover.unwrap_or(false),
             unknown_route: self.unknown_route.unwrap_or(UnknownRoute::Balance),
@@ -214,6 +230,18 @@ impl ProxyOptions {
             },
         })
     }
+}
+
+/// Empty, or DNS labels each preceded by a `.`: the suffix is appended literally
+/// (`web-0` + `.web.shop.svc.cluster.local`), so the leading dot is required.
+fn is_domain_suffix(suffix: &str) -> bool {
+    suffix.is_empty()
+        || (suffix.len() <= 253
+            && suffix.starts_with('.')
+            && suffix[1..].trim_end_matches('.').split('.').all(|label| {
+                (1..=63).contains(&label.len())
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            }))
 }
 
 #[cfg(test)]
@@ -260,7 +288,7 @@ mod tests {
         ])
         .settings(None)
         .unwrap();
-        assert_eq!(s.routemap, PathBuf::from("/etc/m"));
+        assert_eq!(s.routemap, MapLocation::File(PathBuf::from("/etc/m")));
         assert_eq!(s.retry, Duration::from_secs(5), "the flag wins");
         assert!(!s.nofailover, "an explicit false flag wins too");
         assert_eq!(s.lbmethod, LbMethod::Bybusyness);
@@ -295,5 +323,33 @@ mod tests {
         assert!(
             error(&["--routemap", "/m", "--admin-allow", "10.8.2.0/40"]).contains("--admin-allow")
         );
+        assert!(error(&["--routemap", "/m", "--routemap-configmap", "ns/m"]).contains("not both"));
+        assert!(error(&["--routemap-configmap", "routemap"]).contains("NAMESPACE/NAME"));
+        for bad in ["web.ns.svc", ".web..svc", ".web/ns"] {
+            assert!(
+                error(&["--routemap", "/m", "--member-domain-suffix", bad])
+                    .contains("--member-domain-suffix"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_configmap_on_the_command_line_replaces_the_files_map_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("proxy.json");
+        std::fs::write(&file, r#"{"routemap": "/etc/m", "routemap_key": "routes"}"#).unwrap();
+        let s = parse(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--routemap-configmap",
+            "shop/route-map",
+            "--member-domain-suffix",
+            ".web.shop.svc.cluster.local",
+        ])
+        .settings(None)
+        .unwrap();
+        assert_eq!(s.routemap.to_string(), "configmap:shop/route-map#routes");
+        assert_eq!(s.member_domain_suffix, ".web.shop.svc.cluster.local");
     }
 }

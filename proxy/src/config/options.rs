@@ -67,6 +67,17 @@ pub struct ProxyOptions {
     /// The route map file, followed live. Each entry is a member at http://KEY:PORT.
     #[arg(long, env = "STICKYROUTE_ROUTEMAP", value_name = "PATH")]
     pub routemap: Option<PathBuf>,
+    /// Instead of a file: watch this ConfigMap through the Kubernetes API (in-cluster
+    /// service account, or KUBECONFIG). Needs get/list/watch on that one ConfigMap.
+    #[arg(
+        long,
+        env = "STICKYROUTE_ROUTEMAP_CONFIGMAP",
+        value_name = "NAMESPACE/NAME"
+    )]
+    pub routemap_configmap: Option<String>,
+    /// The ConfigMap key that holds the map. Default routemap.
+    #[arg(long, env = "STICKYROUTE_ROUTEMAP_KEY", value_name = "KEY")]
+    pub routemap_key: Option<String>,
     /// Quiet time after the last file event before the map is read again. Default 150ms.
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     #[serde(deserialize_with = "de_duration")]
@@ -74,6 +85,11 @@ pub struct ProxyOptions {
     /// Port of members whose map entry has no `port=`. Default 80.
     #[arg(long, value_name = "PORT")]
     pub member_port: Option<u16>,
+    /// Appended to name keys before they are resolved, so a map keyed by StatefulSet pod
+    /// names (`web-0`) reaches the pods through their headless Service:
+    /// `.web.NAMESPACE.svc.cluster.local`. Default none.
+    #[arg(long, env = "STICKYROUTE_MEMBER_DOMAIN_SUFFIX", value_name = "SUFFIX")]
+    pub member_domain_suffix: Option<String>,
     /// The sticky cookie, or COOKIE|PARAM to also read a `;PARAM=` path parameter or
     /// `?PARAM=` query parameter, which wins over the cookie (as Apache's stickysession).
     /// Default balanceid.
@@ -243,14 +259,27 @@ impl ProxyOptions {
         fn list<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
             if flag.is_empty() { file } else { flag }
         }
+        let map_on_command_line = self.routemap.is_some() || self.routemap_configmap.is_some();
         ProxyOptions {
             command: self.command,
             config: self.config,
             check_config: self.check_config,
             listen: list(self.listen, file.listen),
-            routemap: self.routemap.or(file.routemap),
+            // A map location on the command line replaces the file's, whichever kind each is.
+            routemap: if map_on_command_line {
+                self.routemap
+            } else {
+                file.routemap
+            },
+            routemap_configmap: if map_on_command_line {
+                self.routemap_configmap
+            } else {
+                file.routemap_configmap
+            },
+            routemap_key: self.routemap_key.or(file.routemap_key),
             routemap_debounce: self.routemap_debounce.or(file.routemap_debounce),
             member_port: self.member_port.or(file.member_port),
+            member_domain_suffix: self.member_domain_suffix.or(file.member_domain_suffix),
             stickysession: self.stickysession.or(file.stickysession),
             affinity_header: self.affinity_header.or(file.affinity_header),
             nofailover: self.nofailover.or(file.nofailover),

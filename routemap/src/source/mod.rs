@@ -1,14 +1,21 @@
 //! Where maps come from. A source runs as a task that publishes every valid new map into a
 //! [`Live`] handle and reports every failure; consumers never see which kind it is.
 //!
-//! Each kind lives in its own module; the Kubernetes ConfigMap source slots in beside the
-//! file source with the same trait.
+//! Each kind lives in its own module: a watched file, a ConfigMap watched through the
+//! Kubernetes API (with the `kubernetes` feature), a fixed map. [`start`] picks one from a
+//! [`MapLocation`].
 
+#[cfg(feature = "kubernetes")]
+mod configmap;
 mod file;
 mod fixed;
+mod location;
 
+#[cfg(feature = "kubernetes")]
+pub use configmap::ConfigMapSource;
 pub use file::{FileSource, FileWatchOptions};
 pub use fixed::FixedSource;
+pub use location::{ConfigMapRef, DEFAULT_CONFIGMAP_KEY, MapLocation, StartError, start};
 
 use crate::live::{Live, Publisher};
 use std::future::Future;

@@ -1,0 +1,477 @@
+//! An in-test Kubernetes API server for ConfigMaps: enough of the real list/watch wire
+//! protocol for kube's watcher, so the real binaries can be pointed at it through a
+//! kubeconfig. No cluster runs on the test machines; this is what the ConfigMap source is
+//! tested against.
+//!
+//! What it serves, as the real API server does (see `../shared/KUBERNETES.md`):
+//! - `GET /api/v1/namespaces/NS/configmaps?fieldSelector=metadata.name%3DNAME`: a
+//!   `ConfigMapList` with the list's `resourceVersion`;
+//! - the same with `watch=true&resourceVersion=RV`: HTTP 200, then one JSON event per line
+//!   (`ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK`), starting with every change after `RV`;
+//! - a watch from a compacted version, or [`ApiServer::expire_watches`]: an in-stream
+//!   `ERROR` event with a `Status` of code 410, after which the client must re-list;
+//! - [`ApiServer::end_watches`]: streams that end cleanly, to be resumed by the client.
+//!
+//! Every request is recorded, so tests can assert what the client asked for.
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc};
+
+type ApiBody = BoxBody<Bytes, Infallible>;
+
+/// The running server, its state and a kubeconfig that points at it.
+pub struct ApiServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+    dir: TempDir,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changes: broadcast::Sender<Change>,
+}
+
+#[derive(Default)]
+struct State {
+    resource_version: u64,
+    /// `(namespace, name)` → the ConfigMap as the API returns it.
+    objects: BTreeMap<(String, String), Value>,
+    /// Every change, for watches that start from an older version.
+    history: Vec<Event>,
+    /// Watches from a version below this one get "410 Gone" (the history was compacted).
+    oldest_watchable: u64,
+    /// Answer every request with 403, as with missing RBAC.
+    forbidden: bool,
+    requests: Vec<String>,
+}
+
+#[derive(Clone)]
+struct Event {
+    resource_version: u64,
+    namespace: String,
+    name: String,
+    line: String,
+}
+
+#[derive(Clone)]
+enum Change {
+    Event(Event),
+    Bookmark(u64),
+    Expire,
+    End,
+}
+
+impl ApiServer {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind API server");
+        let addr = listener.local_addr().expect("local addr");
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                resource_version: 100,
+                ..State::default()
+            }),
+            changes: broadcast::channel(1024).0,
+        });
+        let serving = shared.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let shared = serving.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let shared = shared.clone();
+                        async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            dir.path().join("kubeconfig"),
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: http://{addr}\n\
+                 users:\n- name: test\n  user: {{}}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n\
+                 current-context: test\n"
+            ),
+        )
+        .expect("write kubeconfig");
+        Self {
+            addr,
+            shared,
+            task,
+            dir,
+        }
+    }
+
+    /// A kubeconfig whose cluster is this server (plain HTTP, no credentials).
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Creates or replaces the ConfigMap, like `kubectl apply`: an `ADDED` or `MODIFIED`
+    /// event with a new resourceVersion.
+    pub fn apply(&self, namespace: &str, name: &str, data: &[(&str, &str)]) {
+        let data: serde_json::Map<String, Value> = data
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
+            .collect();
+        let mut state = self.shared.lock();
+        state.resource_version += 1;
+        let version = state.resource_version;
+        let key = (namespace.to_owned(), name.to_owned());
+        let kind = if state.objects.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        let object = json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "resourceVersion": version.to_string(),
+                "uid": format!("uid-{namespace}-{name}"),
+            },
+            "data": data,
+        });
+        state.objects.insert(key, object.clone());
+        self.shared
+            .record(&mut state, kind, namespace, name, object);
+    }
+
+    /// Deletes the ConfigMap: a `DELETED` event.
+    pub fn delete(&self, namespace: &str, name: &str) {
+        let mut state = self.shared.lock();
+        let Some(mut object) = state
+            .objects
+            .remove(&(namespace.to_owned(), name.to_owned()))
+        else {
+            panic!("no ConfigMap {namespace}/{name} to delete");
+        };
+        state.resource_version += 1;
+        object["metadata"]["resourceVersion"] = Value::from(state.resource_version.to_string());
+        self.shared
+            .record(&mut state, "DELETED", namespace, name, object);
+    }
+
+    /// Sends a `BOOKMARK` with the current resourceVersion to every open watch.
+    pub fn bookmark(&self) {
+        let version = self.shared.lock().resource_version;
+        let _ = self.shared.changes.send(Change::Bookmark(version));
+    }
+
+    /// Compacts the history: open watches get an in-stream `ERROR` 410 and end, and a
+    /// watch from any version up to now gets the same, so the client has to re-list.
+    pub fn expire_watches(&self) {
+        let mut state = self.shared.lock();
+        state.oldest_watchable = state.resource_version + 1;
+        state.history.clear();
+        let _ = self.shared.changes.send(Change::Expire);
+    }
+
+    /// Ends every open watch stream cleanly (as the server does at `timeoutSeconds`).
+    pub fn end_watches(&self) {
+        let _ = self.shared.changes.send(Change::End);
+    }
+
+    /// Answers every request with 403 Forbidden while `on`.
+    pub fn forbid(&self, on: bool) {
+        self.shared.lock().forbidden = on;
+    }
+
+    /// `METHOD PATH?QUERY` of every request so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.shared.lock().requests.clone()
+    }
+
+    /// The requests that were lists (not watches).
+    pub fn lists(&self) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .filter(|r| !r.contains("watch=true"))
+            .collect()
+    }
+
+    /// The requests that were watches.
+    pub fn watches(&self) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.contains("watch=true"))
+            .collect()
+    }
+
+    /// Open watch streams right now.
+    pub fn open_watches(&self) -> usize {
+        self.shared.changes.receiver_count()
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = self.shared.changes.send(Change::End);
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn record(&self, state: &mut State, kind: &str, namespace: &str, name: &str, object: Value) {
+        let event = Event {
+            resource_version: state.resource_version,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            line: json!({"type": kind, "object": object}).to_string() + "\n",
+        };
+        state.history.push(event.clone());
+        // Sent while the state is locked, so a watch that starts meanwhile sees every event
+        // exactly once: either in its backlog or on the channel.
+        let _ = self.changes.send(Change::Event(event));
+    }
+}
+
+/// What a request asks for.
+struct Query {
+    namespace: String,
+    name: Option<String>,
+    watch: bool,
+    resource_version: Option<u64>,
+    timeout: Option<Duration>,
+}
+
+fn parse(req: &Request<Incoming>) -> Option<Query> {
+    let path = req.uri().path();
+    let namespace = path
+        .strip_prefix("/api/v1/namespaces/")?
+        .strip_suffix("/configmaps")?;
+    let mut query = Query {
+        namespace: namespace.to_owned(),
+        name: None,
+        watch: false,
+        resource_version: None,
+        timeout: None,
+    };
+    for pair in req.uri().query().unwrap_or("").split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value);
+        match key {
+            "fieldSelector" => query.name = value.strip_prefix("metadata.name=").map(str::to_owned),
+            "watch" => query.watch = value == "true" || value == "1",
+            "resourceVersion" => query.resource_version = value.parse().ok(),
+            "timeoutSeconds" => query.timeout = value.parse().ok().map(Duration::from_secs),
+            _ => {}
+        }
+    }
+    Some(query)
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1..i + 3)) {
+            (b'%', Some(hex)) => {
+                let hex = std::str::from_utf8(hex).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(byte) => {
+                        out.push(byte);
+                        i += 3;
+                    }
+                    Err(_) => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ApiBody> {
+    let forbidden = {
+        let mut state = shared.lock();
+        state
+            .requests
+            .push(format!("{} {}", req.method(), req.uri()));
+        state.forbidden
+    };
+    if forbidden {
+        return status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "configmaps is forbidden: User \"system:serviceaccount:test:stickyroute\" cannot list resource \"configmaps\"",
+        );
+    }
+    let Some(query) = parse(&req).filter(|_| req.method() == Method::GET) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+        );
+    };
+    if query.watch {
+        watch(shared, query)
+    } else {
+        list(shared, &query)
+    }
+}
+
+fn list(shared: &Shared, query: &Query) -> Response<ApiBody> {
+    let state = shared.lock();
+    let items: Vec<&Value> = state
+        .objects
+        .iter()
+        .filter(|((namespace, name), _)| {
+            *namespace == query.namespace && query.name.as_ref().is_none_or(|n| n == name)
+        })
+        .map(|(_, object)| object)
+        .collect();
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMapList",
+        "metadata": {"resourceVersion": state.resource_version.to_string()},
+        "items": items,
+    });
+    json_response(StatusCode::OK, body.to_string())
+}
+
+fn watch(shared: &Shared, query: Query) -> Response<ApiBody> {
+    let (lines, body) = mpsc::channel::<Bytes>(64);
+    let matches = move |event: &Event| {
+        event.namespace == query.namespace && query.name.as_ref().is_none_or(|n| *n == event.name)
+    };
+    let since = query.resource_version.unwrap_or(0);
+    let (backlog, mut changes, expired) = {
+        let state = shared.lock();
+        let expired = since < state.oldest_watchable;
+        let backlog: Vec<Bytes> = state
+            .history
+            .iter()
+            .filter(|e| e.resource_version > since && matches(e))
+            .map(|e| Bytes::from(e.line.clone()))
+            .collect();
+        (backlog, shared.changes.subscribe(), expired)
+    };
+    let timeout = query.timeout.unwrap_or(Duration::from_secs(290));
+    tokio::spawn(async move {
+        if expired {
+            let _ = lines.send(gone(since)).await;
+            return;
+        }
+        for line in backlog {
+            if lines.send(line).await.is_err() {
+                return;
+            }
+        }
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            let change = tokio::select! {
+                change = changes.recv() => change,
+                () = &mut deadline => return,
+            };
+            let line = match change {
+                Ok(Change::Event(event)) if matches(&event) => Bytes::from(event.line),
+                Ok(Change::Event(_)) => continue,
+                Ok(Change::Bookmark(version)) => Bytes::from(
+                    json!({"type": "BOOKMARK", "object": {
+                        "apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"resourceVersion": version.to_string()},
+                    }})
+                    .to_string()
+                        + "\n",
+                ),
+                Ok(Change::Expire) => {
+                    let _ = lines.send(gone(since)).await;
+                    return;
+                }
+                Ok(Change::End) | Err(_) => return,
+            };
+            if lines.send(line).await.is_err() {
+                return;
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(body, |mut body| async move {
+        body.recv()
+            .await
+            .map(|line| (Ok::<_, Infallible>(Frame::data(line)), body))
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(StreamBody::new(stream).boxed())
+        .unwrap_or_else(|_| Response::new(empty()))
+}
+
+/// The in-stream "too old resource version" error.
+fn gone(since: u64) -> Bytes {
+    let line = json!({"type": "ERROR", "object": {
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure",
+        "message": format!("too old resource version: {since}"),
+        "reason": "Expired", "code": 410,
+    }});
+    Bytes::from(line.to_string() + "\n")
+}
+
+fn status(code: StatusCode, reason: &str, message: &str) -> Response<ApiBody> {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code.as_u16(),
+    });
+    json_response(code, body.to_string())
+}
+
+fn json_response(code: StatusCode, body: String) -> Response<ApiBody> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)).boxed())
+        .unwrap_or_else(|_| Response::new(empty()))
+}
+
+fn empty() -> ApiBody {
+    Full::new(Bytes::new()).boxed()
+}
