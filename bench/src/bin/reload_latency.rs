@@ -1,14 +1,20 @@
-//! Time from a map file change to the new snapshot being visible through `Live`, for an
-//! editor-style rename and for the kubelet's ConfigMap volume update.
+//! Time from a map change to the new snapshot being visible through `Live`: for an
+//! editor-style rename of the file, for the kubelet's ConfigMap volume update, and for a
+//! ConfigMap watched through the API (an in-process API server speaking the real
+//! list/watch protocol, on loopback).
 //!
 //! `cargo run --release -p stickyroute-bench --bin reload_latency -- [CHANGES]` (default 40
-//! per pattern). The result is dominated by the debounce (150 ms) plus the settle check
-//! (30 ms), which are what keep torn and intermediate states from being published.
+//! per pattern). The file results are dominated by the debounce (150 ms) plus the settle
+//! check (30 ms), which are what keep torn and intermediate states from being published.
+//! The API source needs neither: a watch event carries one whole version of the object.
+//! (The kubelet's own delay before it rewrites a mounted volume, up to about two minutes,
+//! comes on top of the file numbers in a cluster and cannot be measured here.)
 
 use anyhow::Context;
-use routemap::source::{FileSource, spawn};
+use routemap::source::{ConfigMapRef, ConfigMapSource, FileSource, Source, spawn};
 use std::time::{Duration, Instant};
 use stickyroute_bench::summarize;
+use stickyroute_tests::kube_api::ApiServer;
 use stickyroute_tests::kubelet::ConfigMapDir;
 
 #[tokio::main]
@@ -21,7 +27,7 @@ async fn main() -> anyhow::Result<()> {
 
     let path = dir.path().join("routemap");
     std::fs::write(&path, "10.0.0.1 v0\n")?;
-    let editor = measure(&path, changes, |i| {
+    let editor = measure(FileSource::new(&path), changes, |i| {
         let tmp = dir.path().join(".routemap.tmp");
         std::fs::write(&tmp, format!("10.0.0.1 v{i}\n"))?;
         std::fs::rename(&tmp, &path)
@@ -31,20 +37,36 @@ async fn main() -> anyhow::Result<()> {
 
     let mut volume = ConfigMapDir::create(&dir.path().join("volume"), "routemap", "10.0.0.1 v0\n")?;
     let visible = volume.path();
-    let kubelet = measure(&visible, changes, |i| {
+    let kubelet = measure(FileSource::new(&visible), changes, |i| {
         volume.update(&format!("10.0.0.1 v{i}\n"))
     })
     .await?;
     println!("kubelet atomic swap: {changes} changes, {kubelet}");
+
+    let api = ApiServer::start().await;
+    api.apply("shop", "routemap", &[("routemap", "10.0.0.1 v0\n")]);
+    let client =
+        kube::Client::try_from(kube::Config::new(format!("http://{}", api.addr()).parse()?))?;
+    let target = ConfigMapRef::parse("shop/routemap", "routemap").map_err(anyhow::Error::msg)?;
+    let watched = measure(ConfigMapSource::with_client(client, target), changes, |i| {
+        api.apply(
+            "shop",
+            "routemap",
+            &[("routemap", &format!("10.0.0.1 v{i}\n"))],
+        );
+        Ok(())
+    })
+    .await?;
+    println!("ConfigMap via API:   {changes} changes, {watched}");
     Ok(())
 }
 
 async fn measure(
-    path: &std::path::Path,
+    source: impl Source,
     changes: usize,
     mut change: impl FnMut(usize) -> std::io::Result<()>,
 ) -> anyhow::Result<stickyroute_bench::Summary> {
-    let (live, _task) = spawn(FileSource::new(path));
+    let (live, _task) = spawn(source);
     tokio::time::timeout(Duration::from_secs(10), live.ready()).await?;
     let mut updates = live.subscribe();
     let mut samples = Vec::with_capacity(changes);

@@ -30,7 +30,12 @@ impl ConfigMapSource {
             .await
             .map_err(|e| StartError::Kubernetes(e.to_string()))?;
         let client = Client::try_from(config).map_err(|e| StartError::Kubernetes(e.to_string()))?;
-        Ok(Self { client, target })
+        Ok(Self::with_client(client, target))
+    }
+
+    /// With a client set up by the caller (benchmarks and tools that pick their cluster).
+    pub fn with_client(client: Client, target: ConfigMapRef) -> Self {
+        Self { client, target }
     }
 }
 
