@@ -1,0 +1,205 @@
+{{/* Chart name, at most 63 characters (a label value). */}}
+{{- define "stickyroute.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Release-qualified name of the proxy's objects. */}}
+{{- define "stickyroute.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "stickyroute.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels that never change for an object: selectors use exactly these. Pass
+     (dict "ctx" $ "component" "proxy"). */}}
+{{- define "stickyroute.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "stickyroute.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "stickyroute.labels" -}}
+{{ include "stickyroute.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: stickyroute
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+helm.sh/chart: {{ include "stickyroute.chart" .ctx }}
+{{- end }}
+
+{{- define "stickyroute.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{/* The ConfigMap that holds the route map. */}}
+{{- define "stickyroute.routeMapName" -}}
+{{- if .Values.routeMap.existingConfigMap }}
+{{- .Values.routeMap.existingConfigMap }}
+{{- else }}
+{{- printf "%s-routemap" (include "stickyroute.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "stickyroute.apiMode" -}}
+{{- if eq .Values.routeMap.source "api" }}true{{ end }}
+{{- end }}
+
+{{/* Where the binaries read the map: the mounted directory, or the API. */}}
+{{- define "stickyroute.mapArgs" -}}
+{{- if include "stickyroute.apiMode" . }}
+- --routemap-configmap={{ .Release.Namespace }}/{{ include "stickyroute.routeMapName" . }}
+- --routemap-key={{ .Values.routeMap.key }}
+{{- else }}
+- --routemap=/etc/stickyroute/routemap/{{ .Values.routeMap.key }}
+{{- end }}
+{{- end }}
+
+{{/* File mode: the whole ConfigMap as a directory. Never subPath: a subPath mount is
+     never updated by the kubelet. */}}
+{{- define "stickyroute.mapVolume" -}}
+{{- if not (include "stickyroute.apiMode" .) }}
+- name: routemap
+  configMap:
+    name: {{ include "stickyroute.routeMapName" . }}
+{{- end }}
+{{- end }}
+
+{{- define "stickyroute.mapVolumeMount" -}}
+{{- if not (include "stickyroute.apiMode" .) }}
+- name: routemap
+  mountPath: /etc/stickyroute/routemap
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* Pod-level part of the restricted Pod Security Standard. */}}
+{{- define "stickyroute.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "stickyroute.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Only API mode needs a token; file mode mounts none. */}}
+{{- define "stickyroute.serviceAccount" -}}
+{{- if include "stickyroute.apiMode" . }}
+serviceAccountName: {{ include "stickyroute.fullname" . }}
+automountServiceAccountToken: true
+{{- else }}
+automountServiceAccountToken: false
+{{- end }}
+{{- end }}
+
+{{- define "stickyroute.memberDomainSuffix" -}}
+{{- if .Values.proxy.memberDomainSuffix }}
+{{- .Values.proxy.memberDomainSuffix }}
+{{- else if .Values.exampleApp.enabled }}
+{{- printf ".%s.%s.svc.%s" .Values.exampleApp.name .Release.Namespace .Values.clusterDomain }}
+{{- end }}
+{{- end }}
+
+{{- define "stickyroute.agentAdminPort" -}}
+{{- if not (kindIs "invalid" .Values.proxy.agentAdminPort) }}
+{{- .Values.proxy.agentAdminPort }}
+{{- else if .Values.exampleApp.enabled }}
+{{- .Values.agent.adminPort }}
+{{- end }}
+{{- end }}
+
+{{/* The agent container; a native sidecar when agent.nativeSidecar. Pass (dict "ctx" $
+     "trackAll" BOOL "appPort" PORT). */}}
+{{- define "stickyroute.agentContainer" -}}
+{{- $ := .ctx }}
+- name: stickyroute-agent
+  image: {{ include "stickyroute.image" $ }}
+  imagePullPolicy: {{ $.Values.image.pullPolicy }}
+  {{- if $.Values.agent.nativeSidecar }}
+  restartPolicy: Always
+  {{- end }}
+  command: [/usr/local/bin/stickyroute-agent]
+  args:
+    - --listen=0.0.0.0:{{ $.Values.agent.port }}
+    - --admin-listen=0.0.0.0:{{ $.Values.agent.adminPort }}
+    - --upstream=127.0.0.1:{{ .appPort }}
+    {{- include "stickyroute.mapArgs" $ | trim | nindent 4 }}
+    {{- with $.Values.agent.sessionCookies }}
+    - --session-cookie={{ join "," . }}
+    {{- end }}
+    {{- if or $.Values.agent.trackAll .trackAll }}
+    - --track-all
+    {{- end }}
+    - --log-format=json
+    {{- range $.Values.agent.extraArgs }}
+    - {{ . | quote }}
+    {{- end }}
+  env:
+    # The agent's keys: its pod IP for address-keyed maps, its pod name for name-keyed ones.
+    - name: POD_IP
+      valueFrom:
+        fieldRef:
+          fieldPath: status.podIP
+    - name: POD_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+    - name: POD_NAMESPACE
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.namespace
+  ports:
+    - name: http
+      containerPort: {{ $.Values.agent.port }}
+      protocol: TCP
+    - name: agent-admin
+      containerPort: {{ $.Values.agent.adminPort }}
+      protocol: TCP
+  # Ready only once the first map is loaded, so the app never serves without its route;
+  # a native sidecar's startup probe also holds the app container back until then.
+  startupProbe:
+    httpGet:
+      path: /readyz
+      port: agent-admin
+    periodSeconds: 1
+    failureThreshold: 120
+  readinessProbe:
+    httpGet:
+      path: /readyz
+      port: agent-admin
+    periodSeconds: 5
+  # Liveness never depends on the API server or the map: an outage must not restart pods.
+  livenessProbe:
+    httpGet:
+      path: /healthz
+      port: agent-admin
+    periodSeconds: 10
+    failureThreshold: 3
+  resources:
+    {{- toYaml $.Values.agent.resources | nindent 4 }}
+  securityContext:
+    {{- include "stickyroute.containerSecurityContext" $ | nindent 4 }}
+  {{- with (include "stickyroute.mapVolumeMount" $) }}
+  volumeMounts:
+    {{- . | trim | nindent 4 }}
+  {{- end }}
+{{- end }}

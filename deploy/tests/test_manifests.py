@@ -1,0 +1,416 @@
+"""The Helm chart and the kustomize manifests, checked the way a cluster would see them.
+
+The chart is linted and rendered with Helm's own Go code (the PyPI package
+helm-python-sdk), the overlays are built with `kubectl kustomize`, and every object is
+validated against the Kubernetes 1.32 OpenAPI schemas with unknown fields rejected
+(kubernetes-validate, strict). Then the properties operators rely on are asserted: RBAC
+scoped to the one ConfigMap, no subPath on the map, the restricted securityContext, probes
+on the admin port, the sidecar ordering, no checksum annotation tied to the map.
+
+Run: python3 -m unittest discover -s deploy/tests -v   (after `cargo build`, for `routemap check`)
+"""
+
+import pathlib
+import subprocess
+import tempfile
+import unittest
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "stickyroute"
+OVERLAY = ROOT / "deploy" / "kustomize" / "overlays" / "example"
+BASE = ROOT / "deploy" / "kustomize" / "base"
+KUBERNETES_VERSION = "1.32.0"
+ROUTEMAP_CLI = ROOT / "target" / "debug" / "routemap"
+
+# Every values file of the chart's ci/ directory, plus the defaults.
+MODES = {"default": {}} | {
+    path.name.removesuffix("-values.yaml"): yaml.safe_load(path.read_text())
+    for path in sorted((CHART / "ci").glob("*-values.yaml"))
+}
+STANDARD_LABELS = {
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/managed-by",
+    "helm.sh/chart",
+}
+SELECTOR_LABELS = {
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+}
+
+
+def render(values, namespace="shop", release="shop"):
+    """The chart's objects (a list of dicts) and its NOTES.txt."""
+    rendered = helm.Chart.load(str(CHART)).render(
+        values, name=release, namespace=namespace
+    )
+    objects, notes = [], ""
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            notes = text
+            continue
+        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return objects, notes
+
+
+def kustomize(directory):
+    built = subprocess.run(
+        ["kubectl", "kustomize", str(directory)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return [doc for doc in yaml.safe_load_all(built.stdout) if doc]
+
+
+def of_kind(objects, kind):
+    return [o for o in objects if o["kind"] == kind]
+
+
+def one(objects, kind, name=None):
+    found = [o for o in of_kind(objects, kind) if name in (None, o["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def workloads(objects):
+    return [o for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+
+
+def containers(pod):
+    return pod.get("initContainers", []) + pod["containers"]
+
+
+def container(pod, name):
+    found = [c for c in containers(pod) if c["name"] == name]
+    assert len(found) == 1, f"no container {name}"
+    return found[0]
+
+
+def port_number(c, port):
+    """A probe's port, by name or number, as the container port number."""
+    if isinstance(port, int):
+        return port
+    return next(p["containerPort"] for p in c["ports"] if p["name"] == port)
+
+
+def arg(c, flag):
+    values = [a.split("=", 1)[1] for a in c.get("args", []) if a.startswith(flag + "=")]
+    return values[0] if values else None
+
+
+def check_map(testcase, text, origin):
+    """The map passes `routemap check` (the real CLI)."""
+    testcase.assertTrue(
+        ROUTEMAP_CLI.exists(), f"{ROUTEMAP_CLI} missing: run `cargo build` first"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "routemap"
+        path.write_text(text)
+        checked = subprocess.run(
+            [str(ROUTEMAP_CLI), "check", str(path)], capture_output=True, text=True
+        )
+    testcase.assertEqual(checked.returncode, 0, f"{origin}: {checked.stderr}")
+
+
+class Manifests(unittest.TestCase):
+    """Checks shared by the chart and the kustomize output."""
+
+    def assert_valid_kubernetes(self, objects, where):
+        self.assertTrue(objects, f"{where}: nothing rendered")
+        for obj in objects:
+            with self.subTest(where=where, kind=obj["kind"], name=obj["metadata"]["name"]):
+                try:
+                    kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+                except kubernetes_validate.ValidationError as error:
+                    self.fail(f"{where}: {obj['kind']}/{obj['metadata']['name']}: {error}")
+
+    def assert_restricted(self, objects, where):
+        for workload in workloads(objects):
+            pod = workload["spec"]["template"]["spec"]
+            security = pod["securityContext"]
+            self.assertTrue(security["runAsNonRoot"], where)
+            self.assertEqual(security["seccompProfile"]["type"], "RuntimeDefault", where)
+            for c in containers(pod):
+                s = c["securityContext"]
+                self.assertIs(s["allowPrivilegeEscalation"], False, f"{where} {c['name']}")
+                self.assertIs(s["readOnlyRootFilesystem"], True, f"{where} {c['name']}")
+                self.assertEqual(s["capabilities"]["drop"], ["ALL"], f"{where} {c['name']}")
+                self.assertNotIn("add", s["capabilities"], f"{where} {c['name']}")
+                for p in c.get("ports", []):
+                    self.assertGreater(p["containerPort"], 1024, f"{where} {c['name']}")
+                self.assertIn("requests", c["resources"], f"{where} {c['name']}")
+                self.assertIn("limits", c["resources"], f"{where} {c['name']}")
+
+    def assert_no_subpath_and_no_checksum(self, objects, where):
+        for workload in workloads(objects):
+            pod = workload["spec"]["template"]["spec"]
+            for c in containers(pod):
+                for mount in c.get("volumeMounts", []):
+                    self.assertNotIn("subPath", mount, f"{where}: {c['name']} {mount}")
+                    self.assertNotIn("subPathExpr", mount, f"{where}: {c['name']} {mount}")
+            annotations = workload["spec"]["template"]["metadata"].get("annotations", {})
+            annotations |= workload["metadata"].get("annotations", {})
+            for key in annotations:
+                self.assertNotIn("checksum", key, f"{where}: a map edit would restart pods")
+
+    def assert_probes_on_admin_ports(self, objects, where):
+        for workload in workloads(objects):
+            pod = workload["spec"]["template"]["spec"]
+            for c in containers(pod):
+                if not c["name"].startswith("stickyroute-"):
+                    continue
+                admin = int(arg(c, "--admin-listen").rsplit(":", 1)[1])
+                traffic = int(arg(c, "--listen").rsplit(":", 1)[1])
+                self.assertNotEqual(admin, traffic)
+                for kind, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+                    probe = c[kind]["httpGet"]
+                    self.assertEqual(probe["path"], path, f"{where} {c['name']} {kind}")
+                    self.assertEqual(port_number(c, probe["port"]), admin, f"{where} {kind}")
+
+    def assert_native_sidecar(self, pod, where):
+        agent = container(pod, "stickyroute-agent")
+        self.assertIn(agent, pod["initContainers"], where)
+        self.assertEqual(agent["restartPolicy"], "Always", where)
+        # The app starts only once the agent has its map.
+        self.assertEqual(agent["startupProbe"]["httpGet"]["path"], "/readyz", where)
+        self.assertEqual(
+            [c["name"] for c in pod["containers"]], ["app"], f"{where}: the app only"
+        )
+
+    def assert_agent_identity(self, pod, where):
+        agent = container(pod, "stickyroute-agent")
+        env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in agent["env"]}
+        self.assertEqual(
+            env,
+            {
+                "POD_IP": "status.podIP",
+                "POD_NAME": "metadata.name",
+                "POD_NAMESPACE": "metadata.namespace",
+            },
+            where,
+        )
+
+
+class HelmChart(Manifests):
+    def test_lint_passes_in_every_mode(self):
+        for mode, values in MODES.items():
+            with self.subTest(mode=mode):
+                report = helm.lint(str(CHART), values, strict=True, namespace="shop")
+                self.assertEqual(report["errors"], [], report)
+                # Severity 1 is informational ("icon is recommended"); warnings fail.
+                self.assertEqual(
+                    [m for m in report["messages"] if m["severity"] > 1], [], report
+                )
+
+    def test_every_rendered_object_is_valid_kubernetes(self):
+        for mode, values in MODES.items():
+            objects, _ = render(values)
+            self.assert_valid_kubernetes(objects, f"helm {mode}")
+
+    def test_pods_are_locked_down_and_probed_on_the_admin_port(self):
+        for mode, values in MODES.items():
+            objects, _ = render(values)
+            self.assert_restricted(objects, f"helm {mode}")
+            self.assert_probes_on_admin_ports(objects, f"helm {mode}")
+            self.assert_no_subpath_and_no_checksum(objects, f"helm {mode}")
+
+    def test_api_mode_may_read_the_one_route_map_configmap_and_nothing_else(self):
+        for mode in ("default", "api-native", "api-plain", "existing-configmap"):
+            objects, _ = render(MODES[mode])
+            role = one(objects, "Role")
+            map_name = "shop-routes" if mode == "existing-configmap" else "shop-stickyroute-routemap"
+            self.assertEqual(
+                role["rules"],
+                [
+                    {
+                        "apiGroups": [""],
+                        "resources": ["configmaps"],
+                        "resourceNames": [map_name],
+                        "verbs": ["get", "list", "watch"],
+                    }
+                ],
+                mode,
+            )
+            binding = one(objects, "RoleBinding")
+            self.assertEqual(binding["roleRef"]["name"], role["metadata"]["name"])
+            account = one(objects, "ServiceAccount")["metadata"]["name"]
+            self.assertEqual(
+                binding["subjects"],
+                [{"kind": "ServiceAccount", "name": account, "namespace": "shop"}],
+            )
+            self.assertEqual(of_kind(objects, "ClusterRole"), [])
+            for workload in workloads(objects):
+                pod = workload["spec"]["template"]["spec"]
+                self.assertEqual(pod["serviceAccountName"], account, mode)
+                for c in containers(pod):
+                    if c["name"].startswith("stickyroute-"):
+                        self.assertEqual(
+                            arg(c, "--routemap-configmap"), f"shop/{map_name}", mode
+                        )
+
+    def test_file_mode_has_no_account_no_token_and_mounts_the_map_as_a_directory(self):
+        for mode in ("file-native", "file-plain"):
+            objects, _ = render(MODES[mode])
+            for kind in ("ServiceAccount", "Role", "RoleBinding", "ClusterRole"):
+                self.assertEqual(of_kind(objects, kind), [], f"{mode}: {kind}")
+            for workload in workloads(objects):
+                pod = workload["spec"]["template"]["spec"]
+                self.assertIs(pod["automountServiceAccountToken"], False, mode)
+                self.assertNotIn("serviceAccountName", pod, mode)
+                volume = next(v for v in pod["volumes"] if v["name"] == "routemap")
+                self.assertEqual(volume["configMap"]["name"], "shop-stickyroute-routemap")
+                for c in containers(pod):
+                    if not c["name"].startswith("stickyroute-"):
+                        continue
+                    mount = next(m for m in c["volumeMounts"] if m["name"] == "routemap")
+                    self.assertEqual(mount["mountPath"], "/etc/stickyroute/routemap")
+                    self.assertTrue(mount["readOnly"])
+                    self.assertEqual(
+                        arg(c, "--routemap"), "/etc/stickyroute/routemap/routemap", mode
+                    )
+
+    def test_the_agent_is_a_native_sidecar_by_default_and_a_plain_container_as_an_option(self):
+        for mode in ("default", "api-native", "file-native"):
+            objects, _ = render(MODES[mode])
+            pod = one(objects, "StatefulSet")["spec"]["template"]["spec"]
+            self.assert_native_sidecar(pod, mode)
+            self.assert_agent_identity(pod, mode)
+        for mode in ("api-plain", "file-plain"):
+            objects, _ = render(MODES[mode])
+            pod = one(objects, "StatefulSet")["spec"]["template"]["spec"]
+            self.assertNotIn("initContainers", pod, mode)
+            self.assertEqual(
+                sorted(c["name"] for c in pod["containers"]), ["app", "stickyroute-agent"]
+            )
+            self.assertNotIn("restartPolicy", container(pod, "stickyroute-agent"))
+            self.assert_agent_identity(pod, mode)
+
+    def test_pod_name_keys_reach_the_pods_through_the_headless_service(self):
+        objects, _ = render({})
+        statefulset = one(objects, "StatefulSet", "web")
+        headless = one(objects, "Service", "web")
+        self.assertEqual(headless["spec"]["clusterIP"], "None")
+        self.assertEqual(statefulset["spec"]["serviceName"], "web")
+        proxy = container(
+            one(objects, "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy"
+        )
+        self.assertEqual(
+            arg(proxy, "--member-domain-suffix"), ".web.shop.svc.cluster.local"
+        )
+        agent = container(statefulset["spec"]["template"]["spec"], "stickyroute-agent")
+        self.assertEqual(int(arg(proxy, "--member-port")), int(arg(agent, "--listen").rsplit(":", 1)[1]))
+        self.assertEqual(int(arg(proxy, "--agent-admin-port")), int(arg(agent, "--admin-listen").rsplit(":", 1)[1]))
+        # The map the chart creates names exactly the StatefulSet's pods, and is valid.
+        configmap = one(objects, "ConfigMap", "shop-stickyroute-routemap")
+        text = configmap["data"]["routemap"]
+        check_map(self, text, "routeMap.content")
+        keys = [line.split()[0] for line in text.splitlines() if line.split() and not line.startswith("#")]
+        self.assertEqual(keys, [f"web-{i}" for i in range(statefulset["spec"]["replicas"])])
+
+    def test_the_proxy_runs_two_replicas_with_a_disruption_budget_and_labels(self):
+        objects, _ = render({})
+        deployment = one(objects, "Deployment")
+        self.assertGreaterEqual(deployment["spec"]["replicas"], 2)
+        budget = one(objects, "PodDisruptionBudget")
+        self.assertEqual(budget["spec"]["maxUnavailable"], 1)
+        self.assertEqual(
+            budget["spec"]["selector"]["matchLabels"],
+            deployment["spec"]["selector"]["matchLabels"],
+        )
+        service = one(objects, "Service", "shop-stickyroute")
+        self.assertEqual(service["spec"]["selector"], deployment["spec"]["selector"]["matchLabels"])
+        for obj in objects:
+            labels = obj["metadata"].get("labels", {})
+            self.assertLessEqual(STANDARD_LABELS, set(labels), f"{obj['kind']}/{obj['metadata']['name']}")
+        for workload in workloads(objects):
+            self.assertEqual(set(workload["spec"]["selector"]["matchLabels"]), SELECTOR_LABELS)
+
+    def test_a_map_kept_outside_the_release_is_not_rendered(self):
+        objects, notes = render(MODES["existing-configmap"])
+        self.assertEqual(of_kind(objects, "ConfigMap"), [])
+        self.assertEqual(of_kind(objects, "StatefulSet"), [])
+        proxy = container(one(objects, "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy")
+        self.assertEqual(arg(proxy, "--routemap-key"), "routes.txt")
+        self.assertEqual(arg(proxy, "--admin-allow"), "10.8.2.0/24")
+        self.assertEqual(arg(proxy, "--member-domain-suffix"), ".shop.shop.svc.cluster.local")
+        self.assertIn("kubectl -n shop create configmap shop-routes", notes)
+        self.assertIn("serviceAccountName: shop-stickyroute", notes)
+
+    def test_notes_explain_how_to_edit_the_map_and_compare_hashes(self):
+        for mode, values in MODES.items():
+            _, notes = render(values)
+            self.assertIn("stickyroute_map_info", notes, mode)
+            self.assertIn("/balancer-manager", notes, mode)
+        _, notes = render(MODES["file-native"])
+        self.assertIn("about a minute", notes)
+        _, notes = render(MODES["api-native"])
+        self.assertIn("about a second", notes)
+
+    def test_the_schema_rejects_values_that_cannot_work(self):
+        for bad in (
+            {"routeMap": {"source": "files"}},
+            {"proxy": {"replicaz": 2}},
+            {"proxy": {"port": 80}},
+            {"proxy": {"lbmethod": "roundrobin"}},
+            {"exampleApp": {"name": "Web_App"}},
+        ):
+            with self.subTest(values=bad):
+                with self.assertRaises(helm.HelmError):
+                    render(bad)
+
+
+class Kustomize(Manifests):
+    def test_the_example_overlay_is_valid_kubernetes(self):
+        self.assert_valid_kubernetes(kustomize(OVERLAY), "kustomize overlay")
+        self.assert_valid_kubernetes(kustomize(BASE), "kustomize base")
+
+    def test_the_route_map_configmap_has_no_hash_suffix_and_is_the_one_the_role_names(self):
+        objects = kustomize(OVERLAY)
+        configmap = one(objects, "ConfigMap")
+        self.assertEqual(configmap["metadata"]["name"], "routemap")
+        self.assertEqual(configmap["metadata"]["namespace"], "stickyroute-example")
+        self.assertEqual(
+            configmap["data"]["routemap"], (OVERLAY / "routemap").read_text()
+        )
+        check_map(self, configmap["data"]["routemap"], "overlays/example/routemap")
+        role = one(objects, "Role")
+        self.assertEqual(role["rules"][0]["resourceNames"], ["routemap"])
+        self.assertEqual(role["rules"][0]["verbs"], ["get", "list", "watch"])
+        for workload in workloads(objects):
+            pod = workload["spec"]["template"]["spec"]
+            self.assertEqual(pod["serviceAccountName"], "stickyroute")
+            for c in containers(pod):
+                if c["name"].startswith("stickyroute-"):
+                    self.assertEqual(arg(c, "--routemap-configmap"), "$(POD_NAMESPACE)/routemap")
+                    # $(POD_NAMESPACE) expands only if the variable is defined in the container.
+                    self.assertIn("POD_NAMESPACE", [e["name"] for e in c["env"]])
+
+    def test_pods_are_locked_down_with_a_native_sidecar(self):
+        objects = kustomize(OVERLAY)
+        self.assert_restricted(objects, "kustomize")
+        self.assert_probes_on_admin_ports(objects, "kustomize")
+        self.assert_no_subpath_and_no_checksum(objects, "kustomize")
+        pod = one(objects, "StatefulSet")["spec"]["template"]["spec"]
+        self.assert_native_sidecar(pod, "kustomize")
+        self.assert_agent_identity(pod, "kustomize")
+        proxy = container(one(objects, "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy")
+        self.assertEqual(proxy["image"], "registry.example.com/stickyroute:0.1.0")
+        self.assertEqual(
+            arg(proxy, "--member-domain-suffix"), ".web.$(POD_NAMESPACE).svc.cluster.local"
+        )
+        keys = [l.split()[0] for l in (OVERLAY / "routemap").read_text().splitlines() if l.split() and not l.startswith("#")]
+        replicas = one(objects, "StatefulSet")["spec"]["replicas"]
+        self.assertEqual(keys, [f"web-{i}" for i in range(replicas)])
+
+
+if __name__ == "__main__":
+    unittest.main()
