@@ -54,9 +54,20 @@ pub struct LogArgs {
 }
 
 impl LogArgs {
+    /// The filter, with the Kubernetes client's own per-attempt error lines off unless the
+    /// filter names it: the ConfigMap source reports the same errors once each, with the
+    /// ConfigMap they concern, instead of one line per retry.
+    fn directives(&self) -> String {
+        if self.log_level.contains("kube") {
+            self.log_level.clone()
+        } else {
+            format!("{},kube_client=off,kube_runtime=off", self.log_level)
+        }
+    }
+
     /// Installs the global logger. Logs go to stderr.
     pub fn init(&self) -> Result<(), String> {
-        let filter = tracing_subscriber::EnvFilter::try_new(&self.log_level)
+        let filter = tracing_subscriber::EnvFilter::try_new(self.directives())
             .map_err(|e| format!("--log-level {:?}: {e}", self.log_level))?;
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
@@ -217,5 +228,47 @@ mod tests {
         assert_eq!(duration("7"), Ok(Duration::from_secs(7)));
         assert!(duration("5 parsecs").is_err());
         assert!(duration("s").is_err());
+    }
+
+    #[test]
+    fn the_map_comes_from_exactly_one_place() {
+        let file = std::path::Path::new("/etc/routemap");
+        assert_eq!(
+            map_location(Some(file), None, "routemap"),
+            Ok(MapLocation::File(file.to_owned()))
+        );
+        let api = map_location(None, Some("shop/routes"), "map.txt").unwrap();
+        assert_eq!(api.to_string(), "configmap:shop/routes#map.txt");
+        assert!(
+            map_location(Some(file), Some("shop/routes"), "routemap")
+                .unwrap_err()
+                .contains("not both")
+        );
+        assert!(
+            map_location(None, None, "routemap")
+                .unwrap_err()
+                .contains("no route map")
+        );
+        assert!(
+            map_location(None, Some("routes"), "routemap")
+                .unwrap_err()
+                .starts_with("--routemap-configmap")
+        );
+    }
+
+    #[test]
+    fn the_kubernetes_clients_retry_lines_are_off_unless_asked_for() {
+        let args = |level: &str| LogArgs {
+            log_level: level.to_owned(),
+            log_format: LogFormat::Text,
+        };
+        assert_eq!(
+            args("info").directives(),
+            "info,kube_client=off,kube_runtime=off"
+        );
+        assert_eq!(
+            args("info,kube_client=debug").directives(),
+            "info,kube_client=debug"
+        );
     }
 }

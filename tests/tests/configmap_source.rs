@@ -212,6 +212,11 @@ async fn a_deleted_configmap_keeps_the_last_map_until_it_is_created_again() {
     assert_eq!(d.cookie_from_agent(1).await, "balanceid=route.www2");
     let ready = get(d.proxy.admin, "/readyz").send().await;
     assert_eq!(ready.status, 200, "the last map keeps the proxy ready");
+    let metrics = get(d.proxy.admin, "/metrics").send().await.text();
+    assert!(
+        metrics.lines().any(|l| l == "stickyroute_map_last_error 1"),
+        "{metrics}"
+    );
 
     d.apply(&(d.line(0, "www1") + &d.line(1, "www5")));
     d.until("the re-created map", || async {
