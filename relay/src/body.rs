@@ -2,6 +2,7 @@
 //! here (errors, admin pages), and the request body sent upstream, which comes back when a
 //! connection attempt failed before any of it was sent.
 
+use crate::pool::PooledBody;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body::{Frame, SizeHint};
@@ -26,7 +27,7 @@ pub trait Meter: Send + Sync + 'static {
 
 /// An upstream response body on its way to the client.
 pub struct Streamed {
-    inner: Incoming,
+    inner: PooledBody,
     meter: Option<Arc<dyn Meter>>,
 }
 
@@ -96,7 +97,7 @@ pub fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) ->
 }
 
 /// Wraps an upstream response without copying its body; `meter` sees its bytes and end.
-pub fn streamed(response: Response<Incoming>, meter: Option<Arc<dyn Meter>>) -> Response<Body> {
+pub fn streamed(response: Response<PooledBody>, meter: Option<Arc<dyn Meter>>) -> Response<Body> {
     response.map(|inner| Either::Left(Streamed { inner, meter }))
 }
 

@@ -7,13 +7,12 @@
 
 use crate::body::OutgoingBody;
 use crate::headers::{self, Forwarded};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use crate::pool::{Pool, PoolError, PooledBody};
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio_util::task::TaskTracker;
@@ -38,7 +37,7 @@ pub enum ForwardError {
     Connect {
         upstream: Authority,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: PoolError,
     },
     #[error("{upstream} sent no response headers within {timeout:?}")]
     Timeout {
@@ -50,7 +49,7 @@ pub enum ForwardError {
     Upstream {
         upstream: Authority,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: PoolError,
     },
     #[error("cannot build the upstream request: {0}")]
     BadRequest(#[from] http::Error),
@@ -72,10 +71,10 @@ impl ForwardError {
     }
 }
 
-/// A keep-alive client for HTTP/1.1 upstreams, shared by every request.
+/// A keep-alive client for HTTP/1.1 upstreams, shared by every request of one worker.
 #[derive(Clone)]
 pub struct Upstreams {
-    client: Client<HttpConnector, OutgoingBody>,
+    pool: Pool,
     response_header: Duration,
     tunnels: TaskTracker,
 }
@@ -139,20 +138,8 @@ impl Prepared {
 impl Upstreams {
     /// `tunnels` tracks upgraded connections so that shutdown can wait for them.
     pub fn new(timeouts: UpstreamTimeouts, tunnels: TaskTracker) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeouts.connect));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(timeouts.idle)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            // The client's Host header is passed through as it came (or set from an HTTP/2
-            // client's :authority), never replaced by the upstream's address.
-            .set_host(false)
-            .build(connector);
         Self {
-            client,
+            pool: Pool::new(timeouts.connect, timeouts.idle),
             response_header: timeouts.response_header,
             tunnels,
         }
@@ -164,7 +151,7 @@ impl Upstreams {
         request: Request<Incoming>,
         upstream: &Authority,
         origin: Origin,
-    ) -> Result<Response<Incoming>, ForwardError> {
+    ) -> Result<Response<PooledBody>, ForwardError> {
         let (mut head, body) = Prepared::new(request, origin);
         let (body, _) = OutgoingBody::guard(body, None);
         self.send(&mut head, body, upstream, false).await
@@ -178,45 +165,23 @@ impl Upstreams {
         body: OutgoingBody,
         upstream: &Authority,
         keep_head: bool,
-    ) -> Result<Response<Incoming>, ForwardError> {
+    ) -> Result<Response<PooledBody>, ForwardError> {
         let headers = if keep_head {
             head.headers.clone()
         } else {
             std::mem::take(&mut head.headers)
         };
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(upstream.clone())
-            .path_and_query(head.path.clone())
-            .build()?;
+        // Origin-form target; the client's Host header is passed through as it came (or
+        // set from an HTTP/2 client's :authority), never replaced by the upstream's address.
         let mut outgoing = Request::new(body);
         *outgoing.method_mut() = head.method.clone();
-        *outgoing.uri_mut() = uri;
+        *outgoing.uri_mut() = Uri::from(head.path.clone());
         *outgoing.headers_mut() = headers;
         *outgoing.version_mut() = Version::HTTP_11;
 
-        let sent = tokio::time::timeout(self.response_header, self.client.request(outgoing)).await;
-        let mut response = match sent {
-            Err(_) => {
-                return Err(ForwardError::Timeout {
-                    upstream: upstream.clone(),
-                    timeout: self.response_header,
-                });
-            }
-            Ok(Err(source)) if source.is_connect() => {
-                return Err(ForwardError::Connect {
-                    upstream: upstream.clone(),
-                    source,
-                });
-            }
-            Ok(Err(source)) => {
-                return Err(ForwardError::Upstream {
-                    upstream: upstream.clone(),
-                    source,
-                });
-            }
-            Ok(Ok(response)) => response,
-        };
+        let mut response = self
+            .exchange(upstream, outgoing, self.response_header)
+            .await?;
 
         match head.upgrade.take() {
             Some(client_side) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
@@ -241,14 +206,9 @@ impl Upstreams {
         upstream: &Authority,
         path: &str,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, ForwardError> {
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(upstream.clone())
-            .path_and_query(path)
-            .build()?;
+    ) -> Result<Response<PooledBody>, ForwardError> {
         let mut request = Request::new(OutgoingBody::empty(None));
-        *request.uri_mut() = uri;
+        *request.uri_mut() = Uri::try_from(path).map_err(http::Error::from)?;
         if let Ok(host) = HeaderValue::from_str(upstream.as_str()) {
             request.headers_mut().insert(header::HOST, host);
         }
@@ -256,12 +216,22 @@ impl Upstreams {
             header::USER_AGENT,
             HeaderValue::from_static("stickyroute-health-check"),
         );
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
+        self.exchange(upstream, request, timeout).await
+    }
+
+    /// One request through the pool; the response head must arrive within `timeout`.
+    async fn exchange(
+        &self,
+        upstream: &Authority,
+        request: Request<OutgoingBody>,
+        timeout: Duration,
+    ) -> Result<Response<PooledBody>, ForwardError> {
+        match tokio::time::timeout(timeout, self.pool.send(upstream, request)).await {
             Err(_) => Err(ForwardError::Timeout {
                 upstream: upstream.clone(),
                 timeout,
             }),
-            Ok(Err(source)) if source.is_connect() => Err(ForwardError::Connect {
+            Ok(Err(source @ PoolError::Connect(_))) => Err(ForwardError::Connect {
                 upstream: upstream.clone(),
                 source,
             }),
