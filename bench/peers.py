@@ -184,6 +184,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="3-second runs, for trying the script")
+    ap.add_argument("--pinned-only", action="store_true",
+                    help="only the pinned comparison, printed and not written to bench/results (for trying a change)")
     opts = ap.parse_args()
     secs = 3 if opts.quick else opts.seconds
 
@@ -222,9 +224,14 @@ def main():
             cases = [("sticky", ["Cookie: SESSION=abc; balanceid=route.www1"]), ("no cookie", [])]
             conns = [64] if pinned else [64, 256]
             rows = {}
+            rounds = 0
             for c in conns:
                 for case, headers in cases:
-                    for name, url, proc in targets:
+                    # A different proxy goes first in each round, so none always gets the
+                    # freshest (or the most heated) machine.
+                    rounds += 1
+                    k = rounds % len(targets)
+                    for name, url, proc in targets[k:] + targets[:k]:
                         if name == "backend direct" and case == "no cookie":
                             continue
                         before = b.tree_usage(proc.p.pid) if proc else (0.0, 0)
@@ -243,7 +250,8 @@ def main():
 
     def table(rows, pinned):
         out = []
-        for (c, case, name), r in rows.items():
+        order = {"sticky": 0, "no cookie": 1, "backend direct": 0, "stickyroute": 1, "haproxy": 2, "nginx": 3, "apache": 4}
+        for (c, case, name), r in sorted(rows.items(), key=lambda kv: (kv[0][0], order[kv[0][1]], order[kv[0][2]])):
             if name == "backend direct":
                 continue
             peers = {n: rows[(c, case, n)] for n in ("haproxy", "nginx", "apache")}
@@ -258,6 +266,9 @@ def main():
                          "stickyroute ratio (req/s / per core)", "errors"], out)
                 + f"\n\nOne backend directly ({'on core 1' if pinned else 'unpinned'}): " + "; ".join(direct) + "\n")
 
+    if opts.pinned_only:
+        print(table(run_matrix(pinned=True), True))
+        return
     rows = run_matrix(pinned=False)
     report.append("## All on both cores\n\n" + table(rows, False))
     pinned_rows = run_matrix(pinned=True)
