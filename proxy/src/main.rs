@@ -23,12 +23,6 @@ use stickyroute_relay::lifecycle::{EXIT_CONFIG, Lifecycle, run_main};
 use stickyroute_relay::serve::{bind, serve};
 use stickyroute_relay::workers;
 
-/// A request allocates and frees many small short-lived buffers (header maps, body
-/// chunks, futures); mimalloc serves them from per-thread pages, faster than glibc's
-/// malloc and far faster than musl's, which the static container image would otherwise use.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let mut options = ProxyOptions::parse();
     if let Some(Command::ImportApache {
