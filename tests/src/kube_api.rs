@@ -8,6 +8,7 @@
 //!   `ConfigMapList` with the list's `resourceVersion`;
 //! - the same with `watch=true&resourceVersion=RV`: HTTP 200, then one JSON event per line
 //!   (`ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK`), starting with every change after `RV`;
+//! - `GET /api/v1/namespaces/NS/configmaps/NAME`: the object, or a 404 `Status`;
 //! - a watch from a compacted version, or [`ApiServer::expire_watches`]: an in-stream
 //!   `ERROR` event with a `Status` of code 410, after which the client must re-list;
 //! - [`ApiServer::end_watches`]: streams that end cleanly, to be resumed by the client.
@@ -266,19 +267,26 @@ impl Shared {
 struct Query {
     namespace: String,
     name: Option<String>,
+    /// `GET .../configmaps/NAME`: one object, not a list.
+    single: bool,
     watch: bool,
     resource_version: Option<u64>,
     timeout: Option<Duration>,
 }
 
 fn parse(req: &Request<Incoming>) -> Option<Query> {
-    let path = req.uri().path();
-    let namespace = path
-        .strip_prefix("/api/v1/namespaces/")?
-        .strip_suffix("/configmaps")?;
+    let path = req.uri().path().strip_prefix("/api/v1/namespaces/")?;
+    let (namespace, rest) = path.split_once("/configmaps")?;
+    let name = rest
+        .strip_prefix('/')
+        .filter(|n| !n.is_empty() && !n.contains('/'));
+    if name.is_none() && !rest.is_empty() {
+        return None;
+    }
     let mut query = Query {
         namespace: namespace.to_owned(),
-        name: None,
+        name: name.map(str::to_owned),
+        single: name.is_some(),
         watch: false,
         resource_version: None,
         timeout: None,
@@ -351,10 +359,28 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ApiBody> {
             "the server could not find the requested resource",
         );
     };
-    if query.watch {
+    if query.single {
+        get_one(shared, &query)
+    } else if query.watch {
         watch(shared, query)
     } else {
         list(shared, &query)
+    }
+}
+
+fn get_one(shared: &Shared, query: &Query) -> Response<ApiBody> {
+    let state = shared.lock();
+    let key = (
+        query.namespace.clone(),
+        query.name.clone().unwrap_or_default(),
+    );
+    match state.objects.get(&key) {
+        Some(object) => json_response(StatusCode::OK, object.to_string()),
+        None => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("configmaps \"{}\" not found", key.1),
+        ),
     }
 }
 

@@ -362,6 +362,51 @@ async fn without_access_to_the_configmap_the_proxy_stays_unready_and_says_why() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_error_clears_from_the_status_once_the_api_answers_again() {
+    let d = Deployment::start().await;
+    d.apply_first_map().await;
+    d.until("all three watches open", || async {
+        d.api.open_watches() >= 3
+    })
+    .await;
+    // The watches end and their resumption is refused for a while.
+    d.api.forbid(true);
+    d.api.end_watches();
+    d.until("the proxy to report the refusal", || async {
+        d.proxy_map_status().await["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("forbidden"))
+    })
+    .await;
+    assert_eq!(get(d.proxy.admin, "/readyz").send().await.status, 200);
+    // Access again, and no change to the ConfigMap: only the recovery itself can clear
+    // the error (and the metric an alert would watch).
+    d.api.forbid(false);
+    d.until("the error to clear", || async {
+        d.proxy_map_status().await["last_error"].is_null()
+            && d.agent_map_status(0).await["last_error"].is_null()
+    })
+    .await;
+    let metrics = get(d.proxy.admin, "/metrics").send().await.text();
+    assert!(
+        metrics.lines().any(|l| l == "stickyroute_map_last_error 0"),
+        "{metrics}"
+    );
+    assert!(
+        d.api
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("GET /api/v1/namespaces/shop/configmaps/routemap")),
+        "recovery confirmed by reading the one ConfigMap"
+    );
+    assert_eq!(
+        d.proxy_map_status().await["generation"],
+        1,
+        "nothing new was published"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_configmap_reference_is_a_configuration_error() {
     let proxy = stickyroute_tests::process::Process::start(
         "stickyroute-proxy",

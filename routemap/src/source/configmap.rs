@@ -4,7 +4,8 @@
 //! kube's watcher does the protocol work: a list filtered by the object's name (so a Role
 //! limited to that one ConfigMap is enough), then a watch from the list's resourceVersion,
 //! a re-list after `410 Gone`, resumption when a stream ends, and backoff after errors. The
-//! errors are items of its stream, so they are reported here and the loop goes on.
+//! errors are items of its stream, so they are reported here and the loop goes on; after
+//! one, a direct read of the ConfigMap confirms recovery (see `follow`).
 
 use super::location::{ConfigMapRef, StartError};
 use super::{Source, SourceFuture};
@@ -16,6 +17,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, Client, Config};
+use std::time::Duration;
 
 pub struct ConfigMapSource {
     client: Client,
@@ -49,33 +51,57 @@ impl Source for ConfigMapSource {
     }
 }
 
+/// After an error, how long until the ConfigMap is read directly to confirm that the API
+/// works again (doubling while it does not, up to [`RECHECK_MAX`]).
+const RECHECK_FIRST: Duration = Duration::from_secs(1);
+const RECHECK_MAX: Duration = Duration::from_secs(30);
+
 async fn follow(client: Client, target: ConfigMapRef, publisher: Publisher) {
     let origin = target.to_string();
     let api: Api<ConfigMap> = Api::namespaced(client, &target.namespace);
     let selector = watcher::Config::default().fields(&format!("metadata.name={}", target.name));
-    let mut events = std::pin::pin!(watcher(api, selector).default_backoff());
+    let mut events = std::pin::pin!(watcher(api.clone(), selector).default_backoff());
     // Whether the list in progress contained the ConfigMap: a list without it means the
     // map is gone (deleted while we were not watching).
     let mut listed = false;
-    while let Some(event) = events.next().await {
+    // A watch that resumes after an error says nothing until the ConfigMap changes, so
+    // the error would stay in the status (and alerts on it would keep firing). After an
+    // error the ConfigMap is therefore read once directly; success clears the error.
+    let mut recheck: Option<Duration> = None;
+    loop {
+        let event = tokio::select! {
+            event = events.next() => match event {
+                Some(event) => event,
+                None => return,
+            },
+            () = tokio::time::sleep(recheck.unwrap_or_default()), if recheck.is_some() => {
+                recheck = match api.get_opt(&target.name).await {
+                    Ok(Some(object)) => {
+                        load(&object, &target.key, &origin, &publisher);
+                        None
+                    }
+                    Ok(None) => {
+                        publisher.fail(&missing(&origin));
+                        None
+                    }
+                    // Still failing: the watcher reports its own errors.
+                    Err(_) => recheck.map(|after| (after * 2).min(RECHECK_MAX)),
+                };
+                continue;
+            }
+        };
+        if event.is_ok() {
+            recheck = None;
+        }
         match event {
             Ok(Event::Init) => listed = false,
             Ok(Event::InitApply(object) | Event::Apply(object)) => {
                 if object.metadata.name.as_deref() == Some(target.name.as_str()) {
                     listed = true;
-                    match map_of(&object, &target.key, &origin) {
-                        Ok(map) => {
-                            publisher.publish(map);
-                        }
-                        Err(error) => publisher.fail(&error),
-                    }
+                    load(&object, &target.key, &origin, &publisher);
                 }
             }
-            Ok(Event::InitDone) if !listed => publisher.fail(&LoadError::Source {
-                origin: origin.clone(),
-                message: "the ConfigMap does not exist; keeping the last map until it is created"
-                    .to_owned(),
-            }),
+            Ok(Event::InitDone) if !listed => publisher.fail(&missing(&origin)),
             Ok(Event::InitDone) => {}
             Ok(Event::Delete(_)) => publisher.fail(&LoadError::Source {
                 origin: origin.clone(),
@@ -83,11 +109,31 @@ async fn follow(client: Client, target: ConfigMapRef, publisher: Publisher) {
                     "the ConfigMap was deleted; keeping the last map until it is created again"
                         .to_owned(),
             }),
-            Err(error) => publisher.fail(&LoadError::Source {
-                origin: origin.clone(),
-                message: format!("Kubernetes API: {error}"),
-            }),
+            Err(error) => {
+                publisher.fail(&LoadError::Source {
+                    origin: origin.clone(),
+                    message: format!("Kubernetes API: {error}"),
+                });
+                recheck.get_or_insert(RECHECK_FIRST);
+            }
         }
+    }
+}
+
+fn load(object: &ConfigMap, key: &str, origin: &str, publisher: &Publisher) {
+    match map_of(object, key, origin) {
+        Ok(map) => {
+            publisher.publish(map);
+        }
+        Err(error) => publisher.fail(&error),
+    }
+}
+
+fn missing(origin: &str) -> LoadError {
+    LoadError::Source {
+        origin: origin.to_owned(),
+        message: "the ConfigMap does not exist; keeping the last map until it is created"
+            .to_owned(),
     }
 }
 
