@@ -38,11 +38,17 @@ class Proc:
         if cpus is not None:
             args = ["taskset", "-c", cpus, *args]
         self.log = open(log, "w")
-        self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        # Its own process group, so stop() can kill everything it started at once.
+        self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop(self):
         """Kills the process and every process it started (nginx's and Apache's workers
-        would otherwise live on, orphaned, holding the port)."""
+        would otherwise live on, orphaned, holding the port). The whole process group goes
+        at once: killing a worker first would let its master fork a new one."""
+        try:
+            os.killpg(self.p.pid, signal.SIGKILL)
+        except OSError:
+            pass
         for pid in reversed(tree_pids(self.p.pid)):
             try:
                 os.kill(pid, signal.SIGKILL)
