@@ -142,7 +142,7 @@ def start_proxies(work, routemap, pinned):
         "nginx": nginx_cfg(work, n),
         "apache": apache_cfg(work, 1 if pinned else 2),
     }
-    env_workers = {"stickyroute": {"TOKIO_WORKER_THREADS": str(n)}}
+    env_workers = {"stickyroute": {"STICKYROUTE_WORKERS": str(n)}}
     procs = {}
     for name in cmds:
         b.ensure_free("127.0.0.1", PORTS[name])
@@ -158,9 +158,14 @@ def start_proxies(work, routemap, pinned):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    for name in procs:
-        b.wait_http(f"http://127.0.0.1:{PORTS[name]}/", patience=30)
-        procs[name].check_alive(name)
+    try:
+        for name in procs:
+            b.wait_http(f"http://127.0.0.1:{PORTS[name]}/", patience=30)
+            procs[name].check_alive(name)
+    except BaseException:
+        for p in procs.values():
+            p.stop()
+        raise
     return procs
 
 
@@ -184,6 +189,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="3-second runs, for trying the script")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="runs of every pinned case (the table shows medians); the unpinned cases run once")
     ap.add_argument("--pinned-only", action="store_true",
                     help="only the pinned comparison, printed and not written to bench/results (for trying a change)")
     opts = ap.parse_args()
@@ -208,41 +215,47 @@ def main():
               "Every proxy routes by the `balanceid` cookie's suffix and balances cookie-less requests 60/60/60/20 "
               "(checked before measuring). CPU is the proxy's whole process tree, in cores; RSS likewise.\n"]
 
-    def run_matrix(pinned):
+    def run_matrix(pinned, repeats=1):
         for _, ip, _ in BACKENDS:
             b.ensure_free(ip, BACKEND_PORT)
         backends = [b.Proc([os.path.join(b.RELEASE, "bench_backend"), f"{ip}:{BACKEND_PORT}", r],
                            os.path.join(work, f"{r}.log"), cpus="1" if pinned else None) for r, ip, _ in BACKENDS]
-        for _, ip, _ in BACKENDS:
-            b.wait_http(f"http://{ip}:{BACKEND_PORT}/")
-        procs = start_proxies(work, routemap, pinned)
+        procs = {}
         try:
+            for _, ip, _ in BACKENDS:
+                b.wait_http(f"http://{ip}:{BACKEND_PORT}/")
+            procs = start_proxies(work, routemap, pinned)
             for name in procs:
                 check_same_job(f"http://127.0.0.1:{PORTS[name]}/")
             targets = [("backend direct", "http://127.0.0.2:18080/", None)] + [
                 (name, f"http://127.0.0.1:{PORTS[name]}/", procs[name]) for name in procs]
             cases = [("sticky", ["Cookie: SESSION=abc; balanceid=route.www1"]), ("no cookie", [])]
             conns = [64] if pinned else [64, 256]
-            rows = {}
-            rounds = 0
-            for c in conns:
-                for case, headers in cases:
-                    # A different proxy goes first in each round, so none always gets the
-                    # freshest (or the most heated) machine.
-                    rounds += 1
-                    k = rounds % len(targets)
-                    for name, url, proc in targets[k:] + targets[:k]:
-                        if name == "backend direct" and case == "no cookie":
-                            continue
-                        before = b.tree_usage(proc.p.pid) if proc else (0.0, 0)
-                        run = b.wrk(url, c, secs, headers, cpus="1" if pinned else None)
-                        after = b.tree_usage(proc.p.pid) if proc else (0.0, 0)
-                        if proc:
-                            proc.check_alive(name)
-                        run["cpu"] = (after[0] - before[0]) / secs
-                        run["rss"] = after[1]
-                        rows[(c, case, name)] = run
-                        print(f"{'pinned ' if pinned else ''}{c} conns, {case:9}, {name:14}: {run['rps']:>9,.0f} req/s p99 {run['p99']:.2f} ms cpu {run['cpu']:.2f}", flush=True)
+            runs = {}
+            turn = 0
+            for _ in range(repeats):
+                for c in conns:
+                    for case, headers in cases:
+                        # A different proxy goes first in each turn, so none always gets the
+                        # freshest (or the most heated) machine.
+                        turn += 1
+                        k = turn % len(targets)
+                        for name, url, proc in targets[k:] + targets[:k]:
+                            if name == "backend direct" and case == "no cookie":
+                                continue
+                            before = b.tree_usage(proc.p.pid) if proc else (0.0, 0)
+                            run = b.wrk(url, c, secs, headers, cpus="1" if pinned else None)
+                            after = b.tree_usage(proc.p.pid) if proc else (0.0, 0)
+                            if proc:
+                                proc.check_alive(name)
+                            run["cpu"] = (after[0] - before[0]) / secs
+                            run["rss"] = after[1]
+                            runs.setdefault((c, case, name), []).append(run)
+                            print(f"{'pinned ' if pinned else ''}{c} conns, {case:9}, {name:14}: {run['rps']:>9,.0f} req/s p99 {run['p99']:.2f} ms cpu {run['cpu']:.2f}", flush=True)
+            # The median of each measure over the repeats; errors summed.
+            rows = {key: {m: b.median_of(rs, m) for m in ("rps", "p50", "p99", "cpu", "rss")}
+                         | {"errors": sum(r["errors"] for r in rs)}
+                    for key, rs in runs.items()}
             return rows
         finally:
             for p in list(procs.values()) + backends:
@@ -267,13 +280,14 @@ def main():
                 + f"\n\nOne backend directly ({'on core 1' if pinned else 'unpinned'}): " + "; ".join(direct) + "\n")
 
     if opts.pinned_only:
-        print(table(run_matrix(pinned=True), True))
+        print(table(run_matrix(pinned=True, repeats=opts.repeats), True))
         return
     rows = run_matrix(pinned=False)
     report.append("## All on both cores\n\n" + table(rows, False))
-    pinned_rows = run_matrix(pinned=True)
+    pinned_rows = run_matrix(pinned=True, repeats=opts.repeats)
     report.append("## Proxy pinned to core 0; backends and wrk on core 1\n\n"
-                  "(stickyroute with 1 worker thread, HAProxy with 1 thread, nginx with 1 worker, Apache with 1 server process)\n\n"
+                  "(stickyroute with 1 worker thread, HAProxy with 1 thread, nginx with 1 worker, Apache with 1 server process; "
+                  f"median of {opts.repeats} interleaved runs per case)\n\n"
                   + table(pinned_rows, True))
     report.append(agent_overhead(work, secs))
     report.append(swap_cost(work, routemap, secs))
