@@ -371,6 +371,22 @@ class HelmChart(Manifests):
                     render(bad)
 
 
+class ReadmeSnippet(Manifests):
+    def test_the_sidecar_snippet_for_your_own_app_is_a_valid_pod_spec(self):
+        readme = (ROOT / "README.md").read_text()
+        section = readme[readme.index("For your own app"):]
+        snippet = section[section.index("```yaml") + len("```yaml"):section.index("```", section.index("```yaml") + 7)]
+        spec = yaml.safe_load(snippet)["spec"]
+        spec["containers"] = [{"name": "app", "image": "app:1", "ports": [{"containerPort": 8081}]}]
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "shop-0"}, "spec": spec}
+        self.assert_valid_kubernetes([pod], "README snippet")
+        self.assert_native_sidecar(spec, "README snippet")
+        agent = container(spec, "stickyroute-agent")
+        for kind, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+            self.assertEqual(agent[kind]["httpGet"]["path"], path)
+            self.assertEqual(port_number(agent, agent[kind]["httpGet"]["port"]), 9901)
+
+
 class Kustomize(Manifests):
     def test_the_example_overlay_is_valid_kubernetes(self):
         self.assert_valid_kubernetes(kustomize(OVERLAY), "kustomize overlay")
