@@ -13,6 +13,7 @@
 //! - [`lifecycle`]: SIGTERM/SIGINT handling: unready, drain delay, stop accepting, grace.
 //! - [`admin`]: what both admin listeners serve the same way (health, map metrics).
 //! - [`metrics`]: the Prometheus text format.
+//! - [`urlencoded`]: form bodies and query strings.
 //! - [`cli`]: command-line options both binaries share, and logging setup.
 #![forbid(unsafe_code)]
 
@@ -25,4 +26,5 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod pool;
 pub mod serve;
+pub mod urlencoded;
 pub mod workers;

@@ -29,6 +29,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use stickyroute_relay::urlencoded;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
@@ -291,10 +292,8 @@ fn parse(req: &Request<Incoming>) -> Option<Query> {
         resource_version: None,
         timeout: None,
     };
-    for pair in req.uri().query().unwrap_or("").split('&') {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode(value);
-        match key {
+    for (key, value) in urlencoded::pairs(req.uri().query().unwrap_or("")) {
+        match key.as_str() {
             "fieldSelector" => query.name = value.strip_prefix("metadata.name=").map(str::to_owned),
             "watch" => query.watch = value == "true" || value == "1",
             "resourceVersion" => query.resource_version = value.parse().ok(),
@@ -303,38 +302,6 @@ fn parse(req: &Request<Incoming>) -> Option<Query> {
         }
     }
     Some(query)
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match (bytes[i], bytes.get(i + 1..i + 3)) {
-            (b'%', Some(hex)) => {
-                let hex = std::str::from_utf8(hex).unwrap_or("");
-                match u8::from_str_radix(hex, 16) {
-                    Ok(byte) => {
-                        out.push(byte);
-                        i += 3;
-                    }
-                    Err(_) => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ApiBody> {

@@ -8,6 +8,7 @@ use crate::table::MemberTable;
 use routemap::{LoadFactor, MapStatus, Status};
 use serde::Serialize;
 use std::collections::HashMap;
+use stickyroute_relay::urlencoded;
 
 /// Everything the page and `GET /balancer-manager/api/` show.
 #[derive(Serialize)]
@@ -94,14 +95,7 @@ impl Change {
     /// From an `application/x-www-form-urlencoded` body; empty fields mean "no change".
     pub fn from_form(body: &[u8]) -> Result<Self, String> {
         let text = std::str::from_utf8(body).map_err(|_| "the form is not UTF-8".to_owned())?;
-        let fields: HashMap<String, String> = text
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|pair| {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                (percent_decode(k), percent_decode(v))
-            })
-            .collect();
+        let fields: HashMap<String, String> = urlencoded::pairs(text).collect();
         let field = |name: &str| fields.get(name).filter(|v| !v.is_empty()).cloned();
         Ok(Change {
             nonce: field("nonce"),
@@ -110,28 +104,6 @@ impl Change {
             reset: field("reset").is_some(),
         })
     }
-}
-
-fn percent_decode(text: &str) -> String {
-    fn hex(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).map(|d| d as u8)
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let decoded = match bytes[i] {
-            b'+' => Some((b' ', 1)),
-            b'%' if i + 2 < bytes.len() => hex(bytes[i + 1])
-                .zip(hex(bytes[i + 2]))
-                .map(|(h, l)| (h << 4 | l, 3)),
-            _ => None,
-        };
-        let (byte, width) = decoded.unwrap_or((bytes[i], 1));
-        out.push(byte);
-        i += width;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Applies `change` to the member with `route`: validated whole first, so bad input
@@ -246,6 +218,5 @@ mod tests {
         assert_eq!(form.loadfactor, None);
         assert!(!form.reset);
         assert!(Change::from_form(b"nonce=x&reset=1").unwrap().reset);
-        assert_eq!(percent_decode("a%2Fb+c%"), "a/b c%");
     }
 }
