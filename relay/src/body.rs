@@ -2,7 +2,7 @@
 //! here (errors, admin pages), and the request body sent upstream, which comes back when a
 //! connection attempt failed before any of it was sent.
 
-use crate::pool::PooledBody;
+use crate::pool::Return;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body::{Frame, SizeHint};
@@ -25,10 +25,23 @@ pub trait Meter: Send + Sync + 'static {
     fn finished(&self);
 }
 
-/// An upstream response body on its way to the client.
+/// An upstream response body on its way to the client. A meter (the proxy's per-member
+/// counters) sees its bytes and its end, and its connection goes back to the pool as soon
+/// as the last byte has been read (see [`crate::pool`]).
 pub struct Streamed {
-    inner: PooledBody,
+    inner: Incoming,
     meter: Option<Arc<dyn Meter>>,
+    connection: Option<Return>,
+}
+
+impl Streamed {
+    pub(crate) fn new(inner: Incoming, connection: Option<Return>) -> Self {
+        Self {
+            inner,
+            meter: None,
+            connection,
+        }
+    }
 }
 
 impl http_body::Body for Streamed {
@@ -42,6 +55,14 @@ impl http_body::Body for Streamed {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Some(meter) = &self.meter {
             meter.sent(data_len(&polled));
+        }
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            _ => false,
+        };
+        if ended && let Some(connection) = self.connection.take() {
+            connection.give();
         }
         polled
     }
@@ -97,8 +118,11 @@ pub fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) ->
 }
 
 /// Wraps an upstream response without copying its body; `meter` sees its bytes and end.
-pub fn streamed(response: Response<PooledBody>, meter: Option<Arc<dyn Meter>>) -> Response<Body> {
-    response.map(|inner| Either::Left(Streamed { inner, meter }))
+pub fn streamed(response: Response<Streamed>, meter: Option<Arc<dyn Meter>>) -> Response<Body> {
+    response.map(|mut body| {
+        body.meter = meter;
+        Either::Left(body)
+    })
 }
 
 /// The request body as sent upstream. If the connection attempt fails before the body was

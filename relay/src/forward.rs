@@ -5,9 +5,9 @@
 //! WebSocket handshake) that the upstream accepts with `101` becomes a byte tunnel between
 //! the two connections, tracked so that shutdown can wait for it.
 
-use crate::body::OutgoingBody;
+use crate::body::{OutgoingBody, Streamed};
 use crate::headers::{self, Forwarded};
-use crate::pool::{Pool, PoolError, PooledBody};
+use crate::pool::{Pool, PoolError};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
@@ -151,7 +151,7 @@ impl Upstreams {
         request: Request<Incoming>,
         upstream: &Authority,
         origin: Origin,
-    ) -> Result<Response<PooledBody>, ForwardError> {
+    ) -> Result<Response<Streamed>, ForwardError> {
         let (mut head, body) = Prepared::new(request, origin);
         let (body, _) = OutgoingBody::guard(body, None);
         self.send(&mut head, body, upstream, false).await
@@ -165,7 +165,7 @@ impl Upstreams {
         body: OutgoingBody,
         upstream: &Authority,
         keep_head: bool,
-    ) -> Result<Response<PooledBody>, ForwardError> {
+    ) -> Result<Response<Streamed>, ForwardError> {
         let headers = if keep_head {
             head.headers.clone()
         } else {
@@ -206,7 +206,7 @@ impl Upstreams {
         upstream: &Authority,
         path: &str,
         timeout: Duration,
-    ) -> Result<Response<PooledBody>, ForwardError> {
+    ) -> Result<Response<Streamed>, ForwardError> {
         let mut request = Request::new(OutgoingBody::empty(None));
         *request.uri_mut() = Uri::try_from(path).map_err(http::Error::from)?;
         if let Ok(host) = HeaderValue::from_str(upstream.as_str()) {
@@ -225,7 +225,7 @@ impl Upstreams {
         upstream: &Authority,
         request: Request<OutgoingBody>,
         timeout: Duration,
-    ) -> Result<Response<PooledBody>, ForwardError> {
+    ) -> Result<Response<Streamed>, ForwardError> {
         match tokio::time::timeout(timeout, self.pool.send(upstream, request)).await {
             Err(_) => Err(ForwardError::Timeout {
                 upstream: upstream.clone(),

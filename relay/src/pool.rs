@@ -11,18 +11,13 @@
 //! that a reused connection could not even start (the upstream had just closed it) goes to
 //! a fresh connection once, as the request was never written.
 
-use crate::body::OutgoingBody;
-use bytes::Bytes;
+use crate::body::{OutgoingBody, Streamed};
 use http::uri::Authority;
 use http::{Request, Response, StatusCode};
-use http_body::{Frame, SizeHint};
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// Most idle connections kept per upstream and worker; more are closed when returned.
@@ -83,7 +78,7 @@ impl Pool {
         &self,
         upstream: &Authority,
         request: Request<OutgoingBody>,
-    ) -> Result<Response<PooledBody>, PoolError> {
+    ) -> Result<Response<Streamed>, PoolError> {
         let (mut sender, reused) = match self.checkout(upstream).await {
             Some(sender) => (sender, true),
             None => (self.connect(upstream).await?, false),
@@ -115,7 +110,7 @@ impl Pool {
         {
             back.give();
         }
-        Ok(Response::from_parts(parts, PooledBody { inner, back }))
+        Ok(Response::from_parts(parts, Streamed::new(inner, back)))
     }
 
     /// The most recently used idle connection that is still open and ready.
@@ -170,8 +165,9 @@ impl Shared {
     }
 }
 
-/// A connection on its way back to the pool.
-struct Return {
+/// A connection on its way back to the pool, carried by the response body
+/// ([`Streamed`]) until its last byte is read.
+pub(crate) struct Return {
     pool: Arc<Shared>,
     upstream: Authority,
     sender: Sender,
@@ -181,7 +177,7 @@ impl Return {
     /// Pools the connection. Now and then (every half idle timeout) also closes the
     /// connections idle for longer than the timeout, including those to upstreams that
     /// no request asks for any more.
-    fn give(self) {
+    pub(crate) fn give(self) {
         let now = Instant::now();
         let mut idles = self.pool.lock();
         if now.duration_since(idles.swept) >= self.pool.idle_timeout / 2 {
@@ -201,41 +197,6 @@ impl Return {
                 since: now,
             });
         }
-    }
-}
-
-/// An upstream response body that returns its connection to the pool once read to the end.
-pub struct PooledBody {
-    inner: Incoming,
-    back: Option<Return>,
-}
-
-impl http_body::Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        let ended = match &polled {
-            Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
-            _ => false,
-        };
-        if ended && let Some(back) = self.back.take() {
-            back.give();
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -297,7 +258,7 @@ mod tests {
         Pool::new(Duration::from_secs(2), Duration::from_secs(60))
     }
 
-    async fn read(response: Response<PooledBody>) -> String {
+    async fn read(response: Response<Streamed>) -> String {
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()
     }
