@@ -116,10 +116,17 @@ mod tests {
         MemberTable::build(snapshot, None, &Resolved::new(), 80).0
     }
 
+    /// The members `picks` new sessions go to, in order.
+    fn picks(table: &MemberTable, picks: usize, method: LbMethod) -> Vec<usize> {
+        (0..picks)
+            .map(|_| pick(table.members(), method, crate::clock::now_ms(), &[]).unwrap())
+            .collect()
+    }
+
     fn counts(table: &MemberTable, picks: usize, method: LbMethod) -> Vec<usize> {
         let mut counts = vec![0; table.members().len()];
-        for _ in 0..picks {
-            counts[pick(table.members(), method, crate::clock::now_ms(), &[]).unwrap()] += 1;
+        for index in self::picks(table, picks, method) {
+            counts[index] += 1;
         }
         counts
     }
@@ -133,17 +140,7 @@ mod tests {
             assert_eq!(counts(&t, 200, LbMethod::Byrequests), [60, 60, 60, 20]);
         }
         // Apache's order for 3:3:3:1: ties go to the first in map order.
-        let order: Vec<usize> = (0..10)
-            .map(|_| {
-                pick(
-                    t.members(),
-                    LbMethod::Byrequests,
-                    crate::clock::now_ms(),
-                    &[],
-                )
-                .unwrap()
-            })
-            .collect();
+        let order = picks(&t, 10, LbMethod::Byrequests);
         assert_eq!(order.iter().filter(|i| **i == 3).count(), 1);
     }
 
@@ -153,18 +150,7 @@ mod tests {
         // Two sticky hits on www1 are "owed" to www2: the next two new sessions go there.
         account_sticky(t.members(), 0, crate::clock::now_ms());
         account_sticky(t.members(), 0, crate::clock::now_ms());
-        let next: Vec<usize> = (0..2)
-            .map(|_| {
-                pick(
-                    t.members(),
-                    LbMethod::Byrequests,
-                    crate::clock::now_ms(),
-                    &[],
-                )
-                .unwrap()
-            })
-            .collect();
-        assert_eq!(next, [1, 1]);
+        assert_eq!(picks(&t, 2, LbMethod::Byrequests), [1, 1]);
     }
 
     #[test]
@@ -212,24 +198,8 @@ mod tests {
         t.members()[0].state.busy.store(5, Relaxed);
         t.members()[1].state.busy.store(1, Relaxed);
         t.members()[2].state.busy.store(3, Relaxed);
-        assert_eq!(
-            pick(
-                t.members(),
-                LbMethod::Bybusyness,
-                crate::clock::now_ms(),
-                &[]
-            ),
-            Some(1)
-        );
+        assert_eq!(picks(&t, 1, LbMethod::Bybusyness), [1]);
         t.members()[1].state.busy.store(9, Relaxed);
-        assert_eq!(
-            pick(
-                t.members(),
-                LbMethod::Bybusyness,
-                crate::clock::now_ms(),
-                &[]
-            ),
-            Some(2)
-        );
+        assert_eq!(picks(&t, 1, LbMethod::Bybusyness), [2]);
     }
 }

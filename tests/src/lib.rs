@@ -7,7 +7,8 @@
 //!   list/watch protocol, with a kubeconfig pointing at it.
 //! - [`app::TestApp`]: a stateful web app with per-session counters, on its own 127.0.0.x.
 //! - [`process::Process`]: a real binary as a child process, with its log collected.
-//! - [`agent::Agent`], [`proxy::Proxy`]: the real binaries, started through builders.
+//! - [`agent::Agent`], [`proxy::Proxy`]: the real binaries, started through one
+//!   [`server::ServerBuilder`].
 //! - [`client`]: one-request-per-connection HTTP/1.1 and HTTP/2 client.
 //! - [`cluster::Cluster`]: backends behind the real proxy, with their map file.
 //! - [`webdriver::Browser`]: headless Chromium driven through chromedriver.
@@ -23,6 +24,7 @@ pub mod kube_api;
 pub mod kubelet;
 pub mod process;
 pub mod proxy;
+pub mod server;
 pub mod webdriver;
 
 use std::time::{Duration, Instant};

@@ -99,21 +99,6 @@ impl Process {
             .collect()
     }
 
-    /// Starts a stickyroute binary and reads the traffic and admin addresses it bound from
-    /// its start-up line (`... started listen=ADDR ... admin=ADDR`), so tests can bind port 0.
-    pub fn start_server(
-        binary: &str,
-        args: &[String],
-        extra_env: &[(&str, &str)],
-    ) -> (Self, SocketAddr, SocketAddr) {
-        let process = Self::start(binary, args, extra_env);
-        let started = format!("{binary} started");
-        let patience = Duration::from_secs(20);
-        let addr = process.logged_addr(&started, "listen", patience);
-        let admin = process.logged_addr(&started, "admin", patience);
-        (process, addr, admin)
-    }
-
     /// Waits until this process's admin listener at `admin` answers `/readyz` with 200.
     pub async fn wait_ready(&self, admin: SocketAddr) {
         let deadline = Instant::now() + crate::PATIENCE;

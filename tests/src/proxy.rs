@@ -1,19 +1,26 @@
 //! Starting the real `stickyroute-proxy` binary.
 
-use crate::process::Process;
-use std::net::SocketAddr;
+use crate::server::{Server, ServerBuilder};
+use std::ops::Deref;
 use std::path::Path;
 
-/// A running proxy and the addresses it bound.
-pub struct Proxy {
-    pub process: Process,
-    pub addr: SocketAddr,
-    pub admin: SocketAddr,
+/// A running proxy: its process and the addresses it bound (through `Deref`).
+pub struct Proxy(Server);
+
+pub type ProxyBuilder = ServerBuilder<Proxy>;
+
+impl From<Server> for Proxy {
+    fn from(server: Server) -> Self {
+        Self(server)
+    }
 }
 
-pub struct ProxyBuilder {
-    args: Vec<String>,
-    env: Vec<(String, String)>,
+impl Deref for Proxy {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        &self.0
+    }
 }
 
 impl Proxy {
@@ -24,42 +31,10 @@ impl Proxy {
 
     /// A proxy whose map comes from the given flags (for example `--routemap-configmap`).
     pub fn builder_with_map(map_flags: &[&str]) -> ProxyBuilder {
-        let mut args: Vec<String> = ["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
-            .iter()
-            .map(|a| a.to_string())
-            .collect();
-        args.extend(map_flags.iter().map(|a| a.to_string()));
-        ProxyBuilder {
-            args,
-            // Through the environment, so a test's own --drain-delay overrides it.
-            env: vec![("STICKYROUTE_DRAIN_DELAY".into(), "0s".into())],
-        }
-    }
-}
-
-impl ProxyBuilder {
-    pub fn args(mut self, args: &[&str]) -> Self {
-        self.args.extend(args.iter().map(|a| a.to_string()));
-        self
-    }
-
-    pub fn env(mut self, key: &str, value: &str) -> Self {
-        self.env.push((key.to_owned(), value.to_owned()));
-        self
-    }
-
-    /// Starts the proxy and waits until it has bound its listeners.
-    pub fn start(self) -> Proxy {
-        let env: Vec<(&str, &str)> = self
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let (process, addr, admin) = Process::start_server("stickyroute-proxy", &self.args, &env);
-        Proxy {
-            process,
-            addr,
-            admin,
-        }
+        ServerBuilder::new(
+            "stickyroute-proxy",
+            &["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+        )
+        .args(map_flags)
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use stickyroute_tests::PATIENCE;
 use stickyroute_tests::agent::Agent;
 use stickyroute_tests::app::TestApp;
-use stickyroute_tests::client::{Protocol, call, connect, get};
+use stickyroute_tests::client::{Protocol, Reply, call, connect, get};
 use stickyroute_tests::process::Process;
 use tempfile::TempDir;
 
@@ -38,6 +38,15 @@ async fn setup_with_map(map: &str, args: &[&str]) -> (TempDir, TestApp, Agent) {
 
 async fn wait_ready(agent: &Agent) {
     agent.process.wait_ready(agent.admin).await;
+}
+
+/// `GET /` for host shop.example with this Cookie header, straight to the agent.
+async fn with_cookie(agent: &Agent, cookie: &str) -> Reply {
+    get(agent.addr, "/")
+        .host("shop.example")
+        .header("cookie", cookie)
+        .send()
+        .await
 }
 
 async fn metric(agent: &Agent, line_prefix: &str) -> String {
@@ -79,11 +88,7 @@ async fn a_session_request_gets_exactly_one_cookie_for_the_host_without_its_port
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_session_no_cookie_and_the_response_is_untouched() {
     let (_dir, _app, agent) = setup(&["--session-cookie", "SESSION"]).await;
-    let reply = get(agent.addr, "/")
-        .host("shop.example")
-        .header("cookie", "theme=dark")
-        .send()
-        .await;
+    let reply = with_cookie(&agent, "theme=dark").await;
     assert!(reply.set_cookies().is_empty());
     assert_eq!(reply.header("cache-control"), None);
 }
@@ -91,17 +96,9 @@ async fn no_session_no_cookie_and_the_response_is_untouched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_right_cookie_already_present_is_not_set_again_but_a_stale_one_is_replaced() {
     let (_dir, _app, agent) = setup(&["--session-cookie", "SESSION"]).await;
-    let right = get(agent.addr, "/")
-        .host("shop.example")
-        .header("cookie", "SESSION=abc; balanceid=route.www1")
-        .send()
-        .await;
+    let right = with_cookie(&agent, "SESSION=abc; balanceid=route.www1").await;
     assert!(right.set_cookies().is_empty());
-    let stale = get(agent.addr, "/")
-        .host("shop.example")
-        .header("cookie", "SESSION=abc; balanceid=route.www7")
-        .send()
-        .await;
+    let stale = with_cookie(&agent, "SESSION=abc; balanceid=route.www7").await;
     assert_eq!(stale.set_cookies_named("balanceid"), [COOKIE_WWW1]);
 }
 
@@ -169,28 +166,16 @@ async fn skipped_paths_never_get_the_cookie() {
 async fn the_regex_matches_over_the_whole_cookie_header_like_rewritecond() {
     let (_dir, _app, agent) =
         setup(&["--session-cookie-regex", "(?i)(existing_session_cookie)"]).await;
-    let hit = get(agent.addr, "/")
-        .host("shop.example")
-        .header("cookie", "a=1; EXISTING_session_cookie=7")
-        .send()
-        .await;
+    let hit = with_cookie(&agent, "a=1; EXISTING_session_cookie=7").await;
     assert_eq!(hit.set_cookies_named("balanceid"), [COOKIE_WWW1]);
-    let miss = get(agent.addr, "/")
-        .host("shop.example")
-        .header("cookie", "a=1")
-        .send()
-        .await;
+    let miss = with_cookie(&agent, "a=1").await;
     assert!(miss.set_cookies().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_cookie_names_match_case_insensitively() {
     let (_dir, _app, agent) = setup(&["--session-cookie", "jsessionid"]).await;
-    let reply = get(agent.addr, "/")
-        .host("shop.example")
-        .header("cookie", "JSESSIONID=1")
-        .send()
-        .await;
+    let reply = with_cookie(&agent, "JSESSIONID=1").await;
     assert_eq!(reply.set_cookies_named("balanceid"), [COOKIE_WWW1]);
 }
 
@@ -199,11 +184,7 @@ async fn own_key_missing_means_no_cookie_one_warning_and_a_counter() {
     let (_dir, _app, agent) =
         setup_with_map("127.0.0.3 www2\n", &["--session-cookie", "SESSION"]).await;
     for _ in 0..3 {
-        let reply = get(agent.addr, "/")
-            .host("shop.example")
-            .header("cookie", "SESSION=x")
-            .send()
-            .await;
+        let reply = with_cookie(&agent, "SESSION=x").await;
         assert_eq!(reply.status, 200);
         assert!(reply.set_cookies().is_empty());
     }
@@ -231,11 +212,7 @@ async fn a_default_route_is_used_when_the_key_is_missing() {
         &["--session-cookie", "SESSION", "--default-route", "spare"],
     )
     .await;
-    let reply = get(agent.addr, "/")
-        .host("shop.example")
-        .header("cookie", "SESSION=x")
-        .send()
-        .await;
+    let reply = with_cookie(&agent, "SESSION=x").await;
     assert_eq!(
         reply.set_cookies_named("balanceid"),
         ["balanceid=route.spare; Path=/; Domain=shop.example"]
