@@ -155,13 +155,9 @@ impl Proxy {
                 Unsent::Body(body) => OutgoingBody::guard(body, Some(meter.clone())),
                 Unsent::Empty => (OutgoingBody::empty(Some(meter.clone())), None),
             };
-            let keep_head =
+            let may_retry =
                 choice.may_retry && tried.len() + 1 < MAX_ATTEMPTS.min(table.members().len());
-            let error = match self
-                .upstreams
-                .send(&mut head, outgoing, authority, keep_head)
-                .await
-            {
+            let error = match self.upstreams.send(&mut head, outgoing, authority).await {
                 Ok(response) => {
                     if self.settings.failonstatus.contains(&response.status()) {
                         state.errors.fetch_add(1, Relaxed);
@@ -183,7 +179,7 @@ impl Proxy {
                 None => Some(Unsent::Empty),
                 Some(mut reclaim) => reclaim.try_recv().ok().map(Unsent::Body),
             };
-            let next = match (error.is_connect() && keep_head, reclaimed) {
+            let next = match (error.is_connect() && may_retry, reclaimed) {
                 (true, Some(body)) => {
                     tried.push(choice.index);
                     pick(table.members(), self.settings.lbmethod, now_ms(), &tried)

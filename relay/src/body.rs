@@ -2,7 +2,7 @@
 //! here (errors, admin pages), and the request body sent upstream, which comes back when a
 //! connection attempt failed before any of it was sent.
 
-use crate::pool::Return;
+use crate::upstream::BodyReader;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body::{Frame, SizeHint};
@@ -26,53 +26,43 @@ pub trait Meter: Send + Sync + 'static {
 }
 
 /// An upstream response body on its way to the client. A meter (the proxy's per-member
-/// counters) sees its bytes and its end, and its connection goes back to the pool as soon
-/// as the last byte has been read (see [`crate::pool`]).
+/// counters) sees its bytes and its end; its connection goes back to the pool as soon as
+/// the last byte has been read (see [`crate::upstream::pool`]).
 pub struct Streamed {
-    inner: Incoming,
+    reader: BodyReader,
     meter: Option<Arc<dyn Meter>>,
-    connection: Option<Return>,
 }
 
 impl Streamed {
-    pub(crate) fn new(inner: Incoming, connection: Option<Return>) -> Self {
+    pub(crate) fn new(reader: BodyReader) -> Self {
         Self {
-            inner,
+            reader,
             meter: None,
-            connection,
         }
     }
 }
 
 impl http_body::Body for Streamed {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Some(meter) = &self.meter {
-            meter.sent(data_len(&polled));
-        }
-        let ended = match &polled {
-            Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
-            _ => false,
-        };
-        if ended && let Some(connection) = self.connection.take() {
-            connection.give();
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let polled = self.reader.poll_frame(cx);
+        if let (Some(meter), Poll::Ready(Some(Ok(frame)))) = (&self.meter, &polled) {
+            meter.sent(frame.data_ref().map_or(0, |d| d.len() as u64));
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.reader.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.reader.size_hint()
     }
 }
 
@@ -84,7 +74,8 @@ impl Drop for Streamed {
     }
 }
 
-/// The number of data bytes in a polled frame (0 for trailers, errors and pending).
+/// The number of data bytes in a polled request body frame (0 for trailers, errors and
+/// pending).
 fn data_len(polled: &Poll<Option<Result<Frame<Bytes>, hyper::Error>>>) -> u64 {
     match polled {
         Poll::Ready(Some(Ok(frame))) => frame.data_ref().map_or(0, |d| d.len() as u64),

@@ -1,13 +1,14 @@
 //! Sending one request on to an upstream and bringing its response back.
 //!
-//! Upstreams are spoken to in HTTP/1.1 over a keep-alive pool, whatever the client spoke.
+//! Upstreams are spoken to in HTTP/1.1 over a keep-alive pool (see [`crate::upstream`]),
+//! whatever the client spoke.
 //! Bodies stream in both directions; nothing is buffered whole. A protocol upgrade (a
 //! WebSocket handshake) that the upstream accepts with `101` becomes a byte tunnel between
 //! the two connections, tracked so that shutdown can wait for it.
 
 use crate::body::{OutgoingBody, Streamed};
 use crate::headers::{self, Forwarded};
-use crate::pool::{Pool, PoolError};
+use crate::upstream::{BodyReader, Connection, Pool, PoolError, RequestHead, ResponseHead};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
@@ -15,6 +16,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio_util::task::TaskTracker;
 
 /// Timeouts towards upstreams.
@@ -51,6 +53,8 @@ pub enum ForwardError {
         #[source]
         source: PoolError,
     },
+    #[error("{upstream} switched protocols for a request that asked for no upgrade")]
+    UnaskedUpgrade { upstream: Authority },
     #[error("cannot build the upstream request: {0}")]
     BadRequest(#[from] http::Error),
 }
@@ -88,12 +92,10 @@ pub struct Origin {
 }
 
 /// A request head rewritten for upstreams once (hop-by-hop headers gone, `Host` kept,
-/// `X-Forwarded-*` added), so it can be sent to a second upstream after a failed
-/// connection attempt.
+/// `X-Forwarded-*` added) and encoded, so it can be sent to a second upstream after a
+/// failed connection attempt as it is.
 pub struct Prepared {
-    method: Method,
-    path: PathAndQuery,
-    headers: HeaderMap,
+    head: RequestHead,
     upgrade: Option<OnUpgrade>,
 }
 
@@ -120,18 +122,16 @@ impl Prepared {
             host,
             origin.forwarded,
         );
+        // Origin-form target; the client's Host header is passed through as it came (or
+        // set from an HTTP/2 client's :authority), never replaced by the upstream's address.
         let path = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let prepared = Self {
-            method: parts.method,
-            path,
-            headers: parts.headers,
-            upgrade,
-        };
-        (prepared, body)
+        let has_body = !http_body::Body::is_end_stream(&body);
+        let head = RequestHead::encode(&parts.method, &path, &parts.headers, has_body);
+        (Self { head, upgrade }, body)
     }
 }
 
@@ -154,46 +154,38 @@ impl Upstreams {
     ) -> Result<Response<Streamed>, ForwardError> {
         let (mut head, body) = Prepared::new(request, origin);
         let (body, _) = OutgoingBody::guard(body, None);
-        self.send(&mut head, body, upstream, false).await
+        self.send(&mut head, body, upstream).await
     }
 
-    /// Sends the prepared request to `upstream`. With `keep_head` the head stays in `head`
-    /// for another attempt (a copy is sent); without it, it is moved out.
+    /// Sends the prepared request to `upstream`; `head` stays usable for another attempt.
     pub async fn send(
         &self,
         head: &mut Prepared,
         body: OutgoingBody,
         upstream: &Authority,
-        keep_head: bool,
     ) -> Result<Response<Streamed>, ForwardError> {
-        let headers = if keep_head {
-            head.headers.clone()
-        } else {
-            std::mem::take(&mut head.headers)
-        };
-        // Origin-form target; the client's Host header is passed through as it came (or
-        // set from an HTTP/2 client's :authority), never replaced by the upstream's address.
-        let mut outgoing = Request::new(body);
-        *outgoing.method_mut() = head.method.clone();
-        *outgoing.uri_mut() = Uri::from(head.path.clone());
-        *outgoing.headers_mut() = headers;
-        *outgoing.version_mut() = Version::HTTP_11;
-
-        let mut response = self
-            .exchange(upstream, outgoing, self.response_header)
+        let (answer, reader) = self
+            .exchange(upstream, &head.head, body, self.response_header)
             .await?;
-
-        match head.upgrade.take() {
-            Some(client_side) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                let upstream_side = hyper::upgrade::on(&mut response);
-                let name = upstream.clone();
-                self.tunnels.spawn(async move {
-                    tunnel(client_side, upstream_side, name).await;
+        let upgrading = answer.status == StatusCode::SWITCHING_PROTOCOLS;
+        let reader = if upgrading {
+            let (Some(client_side), Some(upstream_side)) =
+                (head.upgrade.take(), reader.into_upgraded())
+            else {
+                return Err(ForwardError::UnaskedUpgrade {
+                    upstream: upstream.clone(),
                 });
-                headers::strip_hop_by_hop(response.headers_mut(), true);
-            }
-            _ => headers::strip_hop_by_hop(response.headers_mut(), false),
-        }
+            };
+            let name = upstream.clone();
+            self.tunnels.spawn(async move {
+                tunnel(client_side, upstream_side, name).await;
+            });
+            BodyReader::empty()
+        } else {
+            reader
+        };
+        let mut response = response(answer, Streamed::new(reader));
+        headers::strip_hop_by_hop(response.headers_mut(), upgrading);
         Ok(response)
     }
 }
@@ -207,26 +199,31 @@ impl Upstreams {
         path: &str,
         timeout: Duration,
     ) -> Result<Response<Streamed>, ForwardError> {
-        let mut request = Request::new(OutgoingBody::empty(None));
-        *request.uri_mut() = Uri::try_from(path).map_err(http::Error::from)?;
+        let path = PathAndQuery::try_from(path).map_err(http::Error::from)?;
+        let mut headers = HeaderMap::new();
         if let Ok(host) = HeaderValue::from_str(upstream.as_str()) {
-            request.headers_mut().insert(header::HOST, host);
+            headers.insert(header::HOST, host);
         }
-        request.headers_mut().insert(
+        headers.insert(
             header::USER_AGENT,
             HeaderValue::from_static("stickyroute-health-check"),
         );
-        self.exchange(upstream, request, timeout).await
+        let request = RequestHead::encode(&Method::GET, &path, &headers, false);
+        let (answer, reader) = self
+            .exchange(upstream, &request, OutgoingBody::empty(None), timeout)
+            .await?;
+        Ok(response(answer, Streamed::new(reader)))
     }
 
     /// One request through the pool; the response head must arrive within `timeout`.
     async fn exchange(
         &self,
         upstream: &Authority,
-        request: Request<OutgoingBody>,
+        request: &RequestHead,
+        body: OutgoingBody,
         timeout: Duration,
-    ) -> Result<Response<Streamed>, ForwardError> {
-        match tokio::time::timeout(timeout, self.pool.send(upstream, request)).await {
+    ) -> Result<(ResponseHead, BodyReader), ForwardError> {
+        match tokio::time::timeout(timeout, self.pool.send(upstream, request, body)).await {
             Err(_) => Err(ForwardError::Timeout {
                 upstream: upstream.clone(),
                 timeout,
@@ -239,9 +236,20 @@ impl Upstreams {
                 upstream: upstream.clone(),
                 source,
             }),
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(answer)) => Ok(answer),
         }
     }
+}
+
+/// The response for the client, from the upstream's head and body.
+fn response(head: ResponseHead, body: Streamed) -> Response<Streamed> {
+    let mut response = Response::new(body);
+    *response.status_mut() = head.status;
+    *response.headers_mut() = head.headers;
+    if let Some(reason) = head.reason {
+        response.extensions_mut().insert(reason);
+    }
+    response
 }
 
 /// The `Host` value for an HTTP/2 request, which carries it as `:authority` in the URI.
@@ -250,21 +258,24 @@ fn authority_header(uri: &Uri) -> Option<HeaderValue> {
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
 }
 
-/// Copies bytes both ways between an upgraded client and upstream until either side closes.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    name: Authority,
-) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
+/// Copies bytes both ways between an upgraded client and upstream until either side
+/// closes. Bytes the upstream sent right after its `101` answer go to the client first.
+async fn tunnel(client: OnUpgrade, upstream: Connection, name: Authority) {
+    let client = match client.await {
+        Ok(client) => client,
         Err(error) => {
             tracing::debug!(upstream = %name, %error, "upgrade did not complete");
             return;
         }
     };
     let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
+    let (mut upstream, early) = upstream.into_parts();
+    if !early.is_empty()
+        && let Err(error) = client.write_all(&early).await
+    {
+        tracing::debug!(upstream = %name, %error, "tunnel ended with an error");
+        return;
+    }
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((up, down)) => tracing::debug!(upstream = %name, up, down, "tunnel closed"),
         Err(error) => tracing::debug!(upstream = %name, %error, "tunnel ended with an error"),

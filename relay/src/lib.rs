@@ -6,8 +6,8 @@
 //! - [`workers`]: one single-threaded event loop per core with `SO_REUSEPORT` listeners.
 //! - [`forward`]: one request to an upstream over a keep-alive pool, with protocol upgrades
 //!   (WebSocket) tunnelled.
-//! - [`pool`]: the per-worker keep-alive connections to upstreams, returned by the response
-//!   body when it has been read to the end.
+//! - [`upstream`]: the HTTP/1.1 client for upstreams: heads, chunked bodies, connections,
+//!   and the per-worker keep-alive pool they return to when a response has been read.
 //! - [`headers`]: hop-by-hop headers and `X-Forwarded-*`.
 //! - [`body`]: the response body type and small response builders.
 //! - [`lifecycle`]: SIGTERM/SIGINT handling: unready, drain delay, stop accepting, grace.
@@ -24,7 +24,7 @@ pub mod forward;
 pub mod headers;
 pub mod lifecycle;
 pub mod metrics;
-pub mod pool;
 pub mod serve;
+pub mod upstream;
 pub mod urlencoded;
 pub mod workers;

@@ -1,29 +1,25 @@
 //! Keep-alive HTTP/1.1 connections to upstreams, one pool per worker.
 //!
-//! Why not hyper-util's pooled client: for every HTTP/1 request it spawns a task that waits
-//! for the connection to become idle again before returning it to the pool, and it keys
-//! the pool by scheme and authority behind a shared lock. On the request path of a proxy
-//! that is a task spawn and wake per request. Here a connection goes back to the pool from
-//! the response body itself, the moment its last byte has been read: no task, no wake.
-//!
-//! A connection is reused only after its previous exchange ended cleanly; a response body
-//! dropped half-read takes its connection with it (HTTP/1 cannot resynchronise). A request
-//! that a reused connection could not even start (the upstream had just closed it) goes to
-//! a fresh connection once, as the request was never written.
+//! A connection goes back to the pool from the response body itself, the moment its last
+//! byte has been read (see [`super::body`]): no task watches it. It is reused only after its
+//! previous exchange ended cleanly; a body dropped half-read takes its connection with it
+//! (HTTP/1 cannot resynchronise). A pooled connection is checked before use (see
+//! [`Connection::is_reusable`]); one that the upstream closed just as the request went out
+//! fails without any answer, and a request that may be repeated (idempotent, no body) is
+//! then sent once more, on a fresh connection, as browsers and other proxies do.
 
-use crate::body::{OutgoingBody, Streamed};
+use super::body::BodyReader;
+use super::connection::{Connection, ExchangeError};
+use super::head::{RequestHead, ResponseHead};
+use crate::body::OutgoingBody;
+use http::StatusCode;
 use http::uri::Authority;
-use http::{Request, Response, StatusCode};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Most idle connections kept per upstream and worker; more are closed when returned.
 const MAX_IDLE_PER_UPSTREAM: usize = 512;
-
-type Sender = SendRequest<OutgoingBody>;
 
 /// Why no response came back.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +29,7 @@ pub enum PoolError {
     Connect(std::io::Error),
     /// The exchange failed after the request was (at least partly) written.
     #[error("{0}")]
-    Exchange(hyper::Error),
+    Exchange(#[from] ExchangeError),
 }
 
 #[derive(Clone)]
@@ -49,12 +45,12 @@ struct Shared {
 
 struct Idles {
     by_upstream: HashMap<Authority, Vec<Idle>>,
-    /// When expired connections were last closed (see [`Return::give`]).
+    /// When expired connections were last closed (see [`Home::give`]).
     swept: Instant,
 }
 
 struct Idle {
-    sender: Sender,
+    conn: Connection,
     since: Instant,
 }
 
@@ -72,89 +68,62 @@ impl Pool {
         }
     }
 
-    /// Sends `request` (origin-form URI, `Host` set) to `upstream` and returns the response,
-    /// whose body hands the connection back to the pool when it has been read to the end.
+    /// Sends `request` with `body` to `upstream` and returns the response head and its
+    /// body, which hands the connection back when it has been read to the end.
     pub async fn send(
         &self,
         upstream: &Authority,
-        request: Request<OutgoingBody>,
-    ) -> Result<Response<Streamed>, PoolError> {
-        let (mut sender, reused) = match self.checkout(upstream).await {
-            Some(sender) => (sender, true),
+        request: &RequestHead,
+        body: OutgoingBody,
+    ) -> Result<(ResponseHead, BodyReader), PoolError> {
+        let (mut conn, reused) = match self.checkout(upstream) {
+            Some(conn) => (conn, true),
             None => (self.connect(upstream).await?, false),
         };
-        let response = match sender.try_send_request(request).await {
-            Ok(response) => response,
-            Err(mut failed) => match failed.take_message() {
-                // Never written: the reused connection was closed under us. A fresh one.
-                Some(request) if reused => {
-                    sender = self.connect(upstream).await?;
-                    sender
-                        .send_request(request)
-                        .await
-                        .map_err(PoolError::Exchange)?
-                }
-                _ => return Err(PoolError::Exchange(failed.into_error())),
-            },
+        if let Err(error) = conn.write_head(request).await {
+            if !reused {
+                return Err(ExchangeError::Io(error).into());
+            }
+            // Closed under us, and not even the head went out: the body is untouched.
+            conn = self.connect(upstream).await?;
+            conn.write_head(request).await.map_err(ExchangeError::Io)?;
+        }
+        let (head, sent_whole) = match conn.finish(request, body).await {
+            Ok(answer) => answer,
+            Err(error) if reused && request.replayable && error.nothing_received() => {
+                conn = self.connect(upstream).await?;
+                conn.write_head(request).await.map_err(ExchangeError::Io)?;
+                conn.finish(request, OutgoingBody::empty(None)).await?
+            }
+            Err(error) => return Err(error.into()),
         };
-        // An upgraded connection belongs to its tunnel from now on.
-        let reusable = response.status() != StatusCode::SWITCHING_PROTOCOLS;
-        let mut back = reusable.then(|| Return {
+        if head.status == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok((head, BodyReader::upgraded(conn)));
+        }
+        let home = (head.keep_alive && sent_whole).then(|| Home {
             pool: self.shared.clone(),
             upstream: upstream.clone(),
-            sender,
         });
-        let (parts, inner) = response.into_parts();
-        if http_body::Body::is_end_stream(&inner)
-            && let Some(back) = back.take()
-        {
-            back.give();
-        }
-        Ok(Response::from_parts(parts, Streamed::new(inner, back)))
+        let body = BodyReader::new(conn, head.framing, home);
+        Ok((head, body))
     }
 
-    /// The most recently used idle connection that is still open and ready.
-    async fn checkout(&self, upstream: &Authority) -> Option<Sender> {
-        loop {
-            let idle = self.shared.lock().by_upstream.get_mut(upstream)?.pop()?;
-            if idle.since.elapsed() >= self.shared.idle_timeout || idle.sender.is_closed() {
-                continue;
-            }
-            let mut sender = idle.sender;
-            // Normally ready at once: it came back only after its exchange ended.
-            if sender.is_ready() || sender.ready().await.is_ok() {
-                return Some(sender);
+    /// The most recently used idle connection that is still open.
+    fn checkout(&self, upstream: &Authority) -> Option<Connection> {
+        let mut idles = self.shared.lock();
+        let list = idles.by_upstream.get_mut(upstream)?;
+        while let Some(idle) = list.pop() {
+            if idle.since.elapsed() < self.shared.idle_timeout && idle.conn.is_reusable() {
+                return Some(idle.conn);
             }
         }
+        None
     }
 
-    async fn connect(&self, upstream: &Authority) -> Result<Sender, PoolError> {
-        let address = upstream.as_str();
-        let stream = tokio::time::timeout(
-            self.shared.connect_timeout,
-            tokio::net::TcpStream::connect(address),
-        )
-        .await
-        .map_err(|_| {
-            PoolError::Connect(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no connection within {:?}", self.shared.connect_timeout),
-            ))
-        })?
-        .map_err(PoolError::Connect)?;
-        // Request heads are small and written whole: no reason to wait for Nagle.
-        stream.set_nodelay(true).map_err(PoolError::Connect)?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+    async fn connect(&self, upstream: &Authority) -> Result<Connection, PoolError> {
+        Connection::connect(upstream.as_str(), self.shared.connect_timeout)
             .await
-            .map_err(PoolError::Exchange)?;
-        let name = upstream.clone();
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(upstream = %name, %error, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+            .map_err(PoolError::Connect)
     }
 }
 
@@ -165,37 +134,30 @@ impl Shared {
     }
 }
 
-/// A connection on its way back to the pool, carried by the response body
-/// ([`Streamed`]) until its last byte is read.
-pub(crate) struct Return {
+/// Where a connection goes back to once its response body has been read.
+pub(crate) struct Home {
     pool: Arc<Shared>,
     upstream: Authority,
-    sender: Sender,
 }
 
-impl Return {
+impl Home {
     /// Pools the connection. Now and then (every half idle timeout) also closes the
     /// connections idle for longer than the timeout, including those to upstreams that
     /// no request asks for any more.
-    pub(crate) fn give(self) {
+    pub(crate) fn give(self, conn: Connection) {
         let now = Instant::now();
         let mut idles = self.pool.lock();
         if now.duration_since(idles.swept) >= self.pool.idle_timeout / 2 {
             idles.swept = now;
             let timeout = self.pool.idle_timeout;
             idles.by_upstream.retain(|_, list| {
-                list.retain(|idle| {
-                    now.duration_since(idle.since) < timeout && !idle.sender.is_closed()
-                });
+                list.retain(|idle| now.duration_since(idle.since) < timeout);
                 !list.is_empty()
             });
         }
         let list = idles.by_upstream.entry(self.upstream).or_default();
         if list.len() < MAX_IDLE_PER_UPSTREAM {
-            list.push(Idle {
-                sender: self.sender,
-                since: now,
-            });
+            list.push(Idle { conn, since: now });
         }
     }
 }
@@ -203,7 +165,6 @@ impl Return {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -246,21 +207,28 @@ mod tests {
         (authority, accepted)
     }
 
-    fn get(upstream: &Authority) -> Request<OutgoingBody> {
-        Request::builder()
-            .uri("/")
-            .header("host", upstream.as_str())
-            .body(OutgoingBody::empty(None))
-            .unwrap()
+    async fn get(
+        pool: &Pool,
+        upstream: &Authority,
+    ) -> Result<(ResponseHead, BodyReader), PoolError> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::HOST, upstream.as_str().parse().unwrap());
+        let path = http::uri::PathAndQuery::from_static("/");
+        let request = RequestHead::encode(&http::Method::GET, &path, &headers, false);
+        pool.send(upstream, &request, OutgoingBody::empty(None))
+            .await
     }
 
     fn pool() -> Pool {
         Pool::new(Duration::from_secs(2), Duration::from_secs(60))
     }
 
-    async fn read(response: Response<Streamed>) -> String {
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        String::from_utf8(bytes.to_vec()).unwrap()
+    async fn read((_, mut body): (ResponseHead, BodyReader)) -> String {
+        let mut bytes = Vec::new();
+        while let Some(frame) = std::future::poll_fn(|cx| body.poll_frame(cx)).await {
+            bytes.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        }
+        String::from_utf8(bytes).unwrap()
     }
 
     #[tokio::test]
@@ -268,7 +236,7 @@ mod tests {
         let (upstream, accepted) = upstream("hello", usize::MAX).await;
         let pool = pool();
         for _ in 0..20 {
-            let response = pool.send(&upstream, get(&upstream)).await.unwrap();
+            let response = get(&pool, &upstream).await.unwrap();
             assert_eq!(read(response).await, "hello");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
@@ -278,9 +246,9 @@ mod tests {
     async fn a_response_dropped_half_read_takes_its_connection_with_it() {
         let (upstream, accepted) = upstream("a body that is never read", usize::MAX).await;
         let pool = pool();
-        let unread = pool.send(&upstream, get(&upstream)).await.unwrap();
+        let unread = get(&pool, &upstream).await.unwrap();
         drop(unread);
-        let response = pool.send(&upstream, get(&upstream)).await.unwrap();
+        let response = get(&pool, &upstream).await.unwrap();
         assert_eq!(read(response).await, "a body that is never read");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
@@ -290,7 +258,7 @@ mod tests {
         let (upstream, accepted) = upstream("once", 1).await;
         let pool = pool();
         for i in 0..20 {
-            let response = pool.send(&upstream, get(&upstream)).await;
+            let response = get(&pool, &upstream).await;
             assert_eq!(read(response.unwrap()).await, "once", "request {i}");
             // Alternately give the pool time to notice the close, and none.
             if i % 2 == 0 {
@@ -305,7 +273,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
         drop(listener);
-        let sent = pool().send(&upstream, get(&upstream)).await;
+        let sent = get(&pool(), &upstream).await;
         assert!(
             matches!(sent, Err(PoolError::Connect(_))),
             "not a connect error"
