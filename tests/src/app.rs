@@ -224,10 +224,15 @@ async fn handle(
                 }
             });
             let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-            r.headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+            // `chunked=1`: no length, so the body goes out chunked.
+            if query(&req, "chunked").is_none() {
+                r.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+            }
             r
         }
+        // Refuses an upload at once, without reading it (as a size limit does).
+        "/reject" => full(StatusCode::PAYLOAD_TOO_LARGE, "too large\n"),
         "/upload" => {
             let mut body = req.into_body();
             let mut total = 0u64;

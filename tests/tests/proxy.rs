@@ -494,6 +494,77 @@ async fn large_bodies_stream_through_the_proxy_in_bounded_memory() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_bodies_pass_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = Cluster::start(&[("www1", "127.0.0.2", 1)], &[]).await;
+    let download = get(c.proxy.addr, "/download?bytes=300000&chunked=1")
+        .send()
+        .await;
+    assert_eq!(download.status, 200);
+    assert_eq!(download.body.len(), 300_000);
+
+    let mut upload = connect(c.proxy.addr, None).await.unwrap();
+    upload
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    upload.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        answer.ends_with("\r\n\r\n11"),
+        "the app counted 11 bytes: {answer}"
+    );
+}
+
+/// An upstream that refuses an upload with 413 at once and never reads it (nor closes):
+/// the client gets the 413 while it is still sending, instead of a 504 once the upload
+/// is stuck in full socket buffers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_upload_was_read_reaches_the_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = tokio::net::TcpListener::bind("127.0.0.3:0").await.unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut stream, _) = upstream.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        let refusal = "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 10\r\n\r\ntoo large\n";
+        stream.write_all(refusal.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("routemap");
+    std::fs::write(&map, format!("127.0.0.3 www1 port={port}\n")).unwrap();
+    let proxy = stickyroute_tests::proxy::Proxy::builder(&map)
+        .args(&["--response-timeout", "30s"])
+        .start();
+    proxy.process.wait_ready(proxy.admin).await;
+
+    let (mut read, mut write) = connect(proxy.addr, None).await.unwrap().into_split();
+    let sender = tokio::spawn(async move {
+        let head = "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 104857600\r\n\r\n";
+        write.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'u'; 1024 * 1024];
+        for _ in 0..100 {
+            write.write_all(&chunk).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let mut head = [0u8; 12];
+    tokio::time::timeout(PATIENCE, read.read_exact(&mut head))
+        .await
+        .expect("an answer while the upload was still going")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 413");
+    sender.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_header_client_is_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let c = Cluster::start(

@@ -102,7 +102,9 @@ impl BodyReader {
                     }
                     Ok(Step::NeedMore) => {}
                     Err(error) => {
-                        return Poll::Ready(Some(Err(self.fail(io::ErrorKind::InvalidData, error))));
+                        return Poll::Ready(Some(
+                            Err(self.fail(io::ErrorKind::InvalidData, error)),
+                        ));
                     }
                 },
                 Decoder::UntilClose => {

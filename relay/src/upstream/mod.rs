@@ -22,3 +22,6 @@ pub use body::BodyReader;
 pub use connection::{Connection, ExchangeError};
 pub use head::{RequestHead, ResponseHead};
 pub use pool::{Pool, PoolError};
+
+#[cfg(test)]
+mod tests;
