@@ -112,7 +112,9 @@ impl Prepared {
             .cloned()
             .or_else(|| authority_header(&parts.uri));
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
-        if let Some(host) = &host {
+        if let Some(host) = &host
+            && !parts.headers.contains_key(header::HOST)
+        {
             parts.headers.insert(header::HOST, host.clone());
         }
         headers::add_forwarded(

@@ -21,6 +21,15 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// `Upgrade` is removed too unless `keep_upgrade` (a tunnel is being set up), in which case
 /// `Connection: upgrade` is put back.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of them: one pass over the names present is cheaper than a
+    // lookup for each name that might be.
+    if !keep_upgrade
+        && !headers
+            .keys()
+            .any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(name))
+    {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

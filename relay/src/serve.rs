@@ -75,7 +75,10 @@ pub async fn serve<H: Handler>(
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .max_headers(limits.max_headers)
-        .keep_alive(true);
+        .keep_alive(true)
+        // Head and body copied into one buffer and written with `send`: for the small
+        // responses most requests get, cheaper in the kernel than `writev` of two pieces.
+        .writev(false);
     builder
         .http2()
         .timer(TokioTimer::new())
