@@ -1,6 +1,7 @@
 //! Header rules of an HTTP intermediary (RFC 9110 §7.6).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::io::Write;
 use std::net::IpAddr;
 
 /// Headers that describe one connection, never the message: removed before forwarding in
@@ -85,15 +86,19 @@ pub fn add_forwarded(
     host: Option<HeaderValue>,
     mode: Forwarded,
 ) {
-    let client = client.to_canonical().to_string();
-    let chain = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => {
-            format!("{existing}, {client}")
-        }
-        _ => client,
-    };
+    // Built in one buffer that becomes the header value without another copy.
+    let existing = headers
+        .get(X_FORWARDED_FOR)
+        .map(HeaderValue::as_bytes)
+        .filter(|v| !v.is_empty());
+    let mut chain = Vec::with_capacity(existing.map_or(0, |v| v.len() + 2) + 39);
+    if let Some(existing) = existing {
+        chain.extend_from_slice(existing);
+        chain.extend_from_slice(b", ");
+    }
+    let _ = write!(chain, "{}", client.to_canonical());
     // Joined chains of valid header text stay valid header text.
-    if let Ok(value) = HeaderValue::from_str(&chain) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(chain)) {
         headers.insert(X_FORWARDED_FOR, value);
     }
     let set = |headers: &mut HeaderMap, name: HeaderName, value: HeaderValue| match mode {

@@ -7,6 +7,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, StatusCode, Version};
+use std::mem::MaybeUninit;
 
 /// Most header fields in one response head.
 pub const MAX_RESPONSE_HEADERS: usize = 100;
@@ -134,17 +135,26 @@ pub fn parse_response(
     buf: &mut BytesMut,
     head_method: bool,
 ) -> Result<Option<ResponseHead>, HeadError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let len = match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_RESPONSE_HEAD => {
+    let Some(len) = head_len(&buf[..buf.len().min(MAX_RESPONSE_HEAD)]) else {
+        if buf.len() >= MAX_RESPONSE_HEAD {
             return Err(HeadError::TooLarge);
         }
-        Ok(httparse::Status::Partial) => return Ok(None),
+        return Ok(None);
+    };
+    // Split off first, so that the header values can share the head's bytes.
+    let head = buf.split_to(len).freeze();
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        &head,
+        &mut slots,
+    ) {
+        Ok(httparse::Status::Complete(parsed_len)) if parsed_len == len => {}
+        Ok(_) => return Err(HeadError::Syntax(httparse::Error::NewLine)),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
         Err(error) => return Err(HeadError::Syntax(error)),
-    };
+    }
     let code = parsed.code.unwrap_or_default();
     let status = StatusCode::from_u16(code).map_err(|_| HeadError::Status(code))?;
     let version = if parsed.version == Some(0) {
@@ -155,25 +165,12 @@ pub fn parse_response(
     let reason = parsed
         .reason
         .filter(|r| Some(*r) != status.canonical_reason() && !r.is_empty())
-        .and_then(|r| {
-            hyper::ext::ReasonPhrase::try_from(Bytes::copy_from_slice(r.as_bytes())).ok()
-        });
-    // Where each name and value lies in `buf`, so that the values can share its bytes.
-    let base = buf.as_ptr() as usize;
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_RESPONSE_HEADERS];
-    let count = parsed.headers.len();
-    for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
-        let name = field.name.as_ptr() as usize - base;
-        let value = field.value.as_ptr() as usize - base;
-        *span = (name, field.name.len(), value, field.value.len());
-    }
-    let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(name, name_len, value, value_len) in &spans[..count] {
-        let name_bytes = &head[name..name + name_len];
-        let name = HeaderName::from_bytes(name_bytes)
-            .map_err(|_| HeadError::Header(String::from_utf8_lossy(name_bytes).into_owned()))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
+        .and_then(|r| hyper::ext::ReasonPhrase::try_from(head.slice_ref(r.as_bytes())).ok());
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| HeadError::Header(field.name.to_owned()))?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value))
             .map_err(|_| HeadError::Header(name.as_str().to_owned()))?;
         headers.append(name, value);
     }
@@ -187,6 +184,21 @@ pub fn parse_response(
         framing,
         keep_alive,
     }))
+}
+
+/// The length of the head at the start of `buf` (through the empty line that ends it,
+/// `CRLF` or a bare `LF` as RFC 9112 §2.2 lets recipients accept), if it is all there.
+fn head_len(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(at) = buf[from..].iter().position(|&b| b == b'\n') {
+        let lf = from + at;
+        match (buf.get(lf + 1), buf.get(lf + 2)) {
+            (Some(b'\n'), _) => return Some(lf + 2),
+            (Some(b'\r'), Some(b'\n')) => return Some(lf + 3),
+            _ => from = lf + 1,
+        }
+    }
+    None
 }
 
 /// RFC 9112 §6.3. A `Content-Length` next to `Transfer-Encoding` is removed (the latter
@@ -303,6 +315,14 @@ mod tests {
         assert_eq!(head.headers.get_all("set-cookie").iter().count(), 2);
         assert!(head.reason.is_none());
         assert_eq!(&buf[..], b"hello");
+    }
+
+    #[test]
+    fn accepts_bare_line_feeds() {
+        let mut buf = BytesMut::from("HTTP/1.1 200 OK\nContent-Length: 2\n\nok");
+        let head = parse_response(&mut buf, false).unwrap().unwrap();
+        assert_eq!(head.framing, ResponseFraming::Length(2));
+        assert_eq!(&buf[..], b"ok");
     }
 
     #[test]
