@@ -51,6 +51,9 @@ frontend fe
 backend be
   balance roundrobin
   http-reuse always
+  option forwardfor
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
 {rules}
 {servers}
 """)
@@ -89,6 +92,9 @@ http {{
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $host;
     }}
   }}
 }}
@@ -98,7 +104,8 @@ http {{
 
 def apache_cfg(work, servers):
     members = "\n".join(f"  BalancerMember http://{ip}:{BACKEND_PORT} route={r} loadfactor={w}" for r, ip, w in BACKENDS)
-    mods = ["mpm_event", "proxy", "proxy_http", "proxy_balancer", "lbmethod_byrequests", "slotmem_shm", "authz_core"]
+    mods = ["mpm_event", "proxy", "proxy_http", "proxy_balancer", "lbmethod_byrequests", "slotmem_shm", "authz_core",
+            "headers"]
     loads = "\n".join(f"LoadModule {m}_module {MODULES}/mod_{m}.so" for m in mods)
     path = os.path.join(work, "apache.conf")
     with open(path, "w") as f:
@@ -118,6 +125,7 @@ ThreadsPerChild 128
 MaxRequestWorkers {servers * 2 * 128}
 KeepAliveTimeout 60
 MaxKeepAliveRequests 0
+RequestHeader set X-Forwarded-Proto http
 ProxyPass / balancer://backend/ stickysession=balanceid nofailover=On
 <Proxy balancer://backend>
 {members}
@@ -176,6 +184,11 @@ def check_same_job(url):
         req = urllib.request.Request(url, headers={"Cookie": f"SESSION=x; balanceid=route.{route}"})
         with urllib.request.urlopen(req, timeout=5) as r:
             assert r.headers["x-app"] == route, f"{url}: cookie route.{route} went to {r.headers['x-app']}"
+    # The same work for each: the client appended to X-Forwarded-For, -Proto and -Host set.
+    req = urllib.request.Request(url + "forwarded", headers={"Cookie": "balanceid=route.www1", "Host": "shop.example"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        text = r.read().decode()
+        assert text.strip() == "for=127.0.0.1; proto=http; host=shop.example", f"{url}: forwarded headers {text!r}"
     seen = {}
     for _ in range(200):
         with urllib.request.urlopen(url, timeout=5) as r:
@@ -212,8 +225,8 @@ def main():
     report = [f"# stickyroute-proxy and its peers\n",
               f"One interleaved run on a {os.cpu_count()}-core machine; wrk (1 thread), {secs} s per case. "
               f"Proxies: {b.version('stickyroute')}, {b.version('haproxy')}, {b.version('nginx')}, {b.version('apache2')}. "
-              "Every proxy routes by the `balanceid` cookie's suffix and balances cookie-less requests 60/60/60/20 "
-              "(checked before measuring). CPU is the proxy's whole process tree, in cores; RSS likewise.\n"]
+              "Every proxy routes by the `balanceid` cookie's suffix, balances cookie-less requests 60/60/60/20 "
+              "and sets X-Forwarded-For, -Proto and -Host (checked before measuring). CPU is the proxy's whole process tree, in cores; RSS likewise.\n"]
 
     def run_matrix(pinned, repeats=1):
         for _, ip, _ in BACKENDS:

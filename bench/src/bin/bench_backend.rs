@@ -2,7 +2,8 @@
 //! so that what is measured is the hop in front of it, not the app.
 //!
 //! `bench_backend ADDR [NAME]`: listens on ADDR, answers `hello from NAME`, HTTP/1.1
-//! keep-alive.
+//! keep-alive. `GET /forwarded` answers with the request's `X-Forwarded-*` values instead,
+//! so the benchmark can check that every proxy sets them (the same work for each).
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -29,8 +30,13 @@ async fn main() -> anyhow::Result<()> {
         let _ = stream.set_nodelay(true);
         let (body, name) = (body.clone(), name.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |_req| {
-                let mut response = Response::new(Full::new(body.clone()));
+            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let answer = if req.uri().path() == "/forwarded" {
+                    Bytes::from(forwarded(req.headers()))
+                } else {
+                    body.clone()
+                };
+                let mut response = Response::new(Full::new(answer));
                 response.headers_mut().insert("x-app", name.clone());
                 response
                     .headers_mut()
@@ -42,4 +48,21 @@ async fn main() -> anyhow::Result<()> {
                 .await;
         });
     }
+}
+
+/// `for=...; proto=...; host=...` from the request's `X-Forwarded-*` headers.
+fn forwarded(headers: &http::HeaderMap) -> String {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned()
+    };
+    format!(
+        "for={}; proto={}; host={}\n",
+        get("x-forwarded-for"),
+        get("x-forwarded-proto"),
+        get("x-forwarded-host")
+    )
 }
