@@ -149,6 +149,15 @@ impl Connection {
         polled
     }
 
+    /// Lets go of a large read buffer (grown for a big body) before the connection waits
+    /// in the pool, where hundreds of idle connections may sit.
+    pub(super) fn shrink_for_idle(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 2 * MIN_READ {
+            self.buf = BytesMut::new();
+            self.read_size = MIN_READ;
+        }
+    }
+
     /// The socket and the bytes already read from it (a tunnel starts with those).
     pub fn into_parts(self) -> (TcpStream, BytesMut) {
         (self.stream, self.buf)

@@ -168,7 +168,8 @@ impl Home {
     /// Pools the connection. Now and then (every half idle timeout) also closes the
     /// connections idle for longer than the timeout, including those to upstreams that
     /// no request asks for any more.
-    pub(crate) fn give(self, conn: Connection) {
+    pub(crate) fn give(self, mut conn: Connection) {
+        conn.shrink_for_idle();
         let now = Instant::now();
         let mut idles = self.pool.lock();
         if now.duration_since(idles.swept) >= self.pool.idle_timeout / 2 {
