@@ -117,6 +117,17 @@ impl Connection {
             );
             return head.await.map(|head| (head, true));
         }
+        // Boxed: its state (two futures side by side) would otherwise be part of every
+        // request's future, which is moved by value on its way into the server connection.
+        Box::pin(self.finish_with_body(request, body)).await
+    }
+
+    async fn finish_with_body(
+        &mut self,
+        request: &RequestHead,
+        body: OutgoingBody,
+    ) -> Result<(ResponseHead, bool), ExchangeError> {
+        let head_method = request.head_method;
         let (mut reader, writer) = self.stream.split();
         let sending = send_body(writer, body, request.framing == RequestFraming::Chunked);
         let reading = read_head(&mut reader, &mut self.buf, &mut self.read_size, head_method);

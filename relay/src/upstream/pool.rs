@@ -122,9 +122,14 @@ impl Pool {
     }
 
     async fn connect(&self, upstream: &Authority) -> Result<Connection, PoolError> {
-        Connection::connect(upstream.as_str(), self.shared.connect_timeout)
-            .await
-            .map_err(PoolError::Connect)
+        // Boxed: rare once the pool is warm, and its state (name resolution, timer) would
+        // otherwise be part of every request's future (see `Connection::finish`).
+        Box::pin(Connection::connect(
+            upstream.as_str(),
+            self.shared.connect_timeout,
+        ))
+        .await
+        .map_err(PoolError::Connect)
     }
 }
 
