@@ -152,7 +152,8 @@ pub struct UpstreamArgs {
     /// Time allowed to open a TCP connection to an upstream.
     #[arg(long, value_parser = duration, default_value = "5s", value_name = "DURATION")]
     pub connect_timeout: Duration,
-    /// Time allowed from sending a request to receiving the response headers.
+    /// Time allowed for one attempt, from connecting through sending the request (and any
+    /// upload) to receiving the response headers.
     #[arg(long, value_parser = duration, default_value = "60s", value_name = "DURATION")]
     pub response_timeout: Duration,
     /// How long an idle keep-alive connection to an upstream is kept in the pool.

@@ -24,7 +24,8 @@ use tokio_util::task::TaskTracker;
 pub struct UpstreamTimeouts {
     /// TCP connect.
     pub connect: Duration,
-    /// From sending the request head to receiving the response head.
+    /// One attempt: connecting, sending the request (and any upload), up to the response
+    /// head.
     pub response_header: Duration,
     /// How long an unused pooled connection is kept.
     pub idle: Duration,

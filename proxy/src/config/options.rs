@@ -151,7 +151,8 @@ pub struct ProxyOptions {
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     #[serde(deserialize_with = "de_duration")]
     pub connect_timeout: Option<Duration>,
-    /// Time allowed from sending a request to a member to its response headers. Default 60s.
+    /// Time allowed for one attempt, from connecting through sending the request (and any
+    /// upload) to the member's response headers. Default 60s.
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     #[serde(deserialize_with = "de_duration")]
     pub response_timeout: Option<Duration>,
