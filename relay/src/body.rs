@@ -51,8 +51,8 @@ impl http_body::Body for Streamed {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let polled = self.reader.poll_frame(cx);
-        if let (Some(meter), Poll::Ready(Some(Ok(frame)))) = (&self.meter, &polled) {
-            meter.sent(frame.data_ref().map_or(0, |d| d.len() as u64));
+        if let Some(meter) = &self.meter {
+            meter.sent(data_len(&polled));
         }
         polled
     }
@@ -74,9 +74,8 @@ impl Drop for Streamed {
     }
 }
 
-/// The number of data bytes in a polled request body frame (0 for trailers, errors and
-/// pending).
-fn data_len(polled: &Poll<Option<Result<Frame<Bytes>, hyper::Error>>>) -> u64 {
+/// The number of data bytes in a polled frame (0 for trailers, errors and pending).
+fn data_len<E>(polled: &Poll<Option<Result<Frame<Bytes>, E>>>) -> u64 {
     match polled {
         Poll::Ready(Some(Ok(frame))) => frame.data_ref().map_or(0, |d| d.len() as u64),
         _ => 0,

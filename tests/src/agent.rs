@@ -1,28 +1,14 @@
 //! Starting the real `stickyroute-agent` binary.
 
-use crate::server::{Server, ServerBuilder};
+use crate::server::{ServerBuilder, server_handle};
 use std::net::SocketAddr;
-use std::ops::Deref;
 use std::path::Path;
 
-/// A running agent: its process and the addresses it bound (through `Deref`).
-pub struct Agent(Server);
-
-pub type AgentBuilder = ServerBuilder<Agent>;
-
-impl From<Server> for Agent {
-    fn from(server: Server) -> Self {
-        Self(server)
-    }
-}
-
-impl Deref for Agent {
-    type Target = Server;
-
-    fn deref(&self) -> &Server {
-        &self.0
-    }
-}
+server_handle!(
+    /// A running agent: its process and the addresses it bound (through `Deref`).
+    Agent,
+    AgentBuilder
+);
 
 impl Agent {
     /// An agent listening on `listen_ip` (port chosen by the OS), in front of `upstream`,

@@ -1,27 +1,13 @@
 //! Starting the real `stickyroute-proxy` binary.
 
-use crate::server::{Server, ServerBuilder};
-use std::ops::Deref;
+use crate::server::{ServerBuilder, server_handle};
 use std::path::Path;
 
-/// A running proxy: its process and the addresses it bound (through `Deref`).
-pub struct Proxy(Server);
-
-pub type ProxyBuilder = ServerBuilder<Proxy>;
-
-impl From<Server> for Proxy {
-    fn from(server: Server) -> Self {
-        Self(server)
-    }
-}
-
-impl Deref for Proxy {
-    type Target = Server;
-
-    fn deref(&self) -> &Server {
-        &self.0
-    }
-}
+server_handle!(
+    /// A running proxy: its process and the addresses it bound (through `Deref`).
+    Proxy,
+    ProxyBuilder
+);
 
 impl Proxy {
     /// A proxy on 127.0.0.1 (ports chosen by the OS) following `routemap`.

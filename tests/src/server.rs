@@ -13,6 +13,32 @@ pub struct Server {
     pub admin: SocketAddr,
 }
 
+/// Declares the handle of one server binary: a newtype over [`Server`] (its fields through
+/// `Deref`) with its own builder type, so each binary gets its own builder methods.
+macro_rules! server_handle {
+    ($(#[$doc:meta])* $name:ident, $builder:ident) => {
+        $(#[$doc])*
+        pub struct $name($crate::server::Server);
+
+        pub type $builder = $crate::server::ServerBuilder<$name>;
+
+        impl From<$crate::server::Server> for $name {
+            fn from(server: $crate::server::Server) -> Self {
+                Self(server)
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = $crate::server::Server;
+
+            fn deref(&self) -> &$crate::server::Server {
+                &self.0
+            }
+        }
+    };
+}
+pub(crate) use server_handle;
+
 /// The command line and environment of a server binary; `start` launches it and gives
 /// a `T` (an [`crate::agent::Agent`] or a [`crate::proxy::Proxy`]).
 pub struct ServerBuilder<T> {

@@ -84,6 +84,14 @@ impl Deployment {
         self.proxy.process.wait_ready(self.proxy.admin).await;
     }
 
+    /// Waits until each of the three clients (two agents, the proxy) has a watch open.
+    async fn until_all_watch(&self) {
+        self.until("all three watches open", || async {
+            self.api.open_watches() >= 3
+        })
+        .await;
+    }
+
     /// Which app answers through the proxy for this sticky cookie.
     async fn app_for(&self, balanceid: &str) -> String {
         let reply = get(self.proxy.addr, "/")
@@ -260,10 +268,7 @@ async fn an_expired_watch_is_relisted_and_no_change_is_lost() {
 async fn an_ended_stream_is_resumed_from_the_bookmarked_version_without_a_relist() {
     let d = Deployment::start().await;
     d.apply_first_map().await;
-    d.until("all three watches open", || async {
-        d.api.open_watches() >= 3
-    })
-    .await;
+    d.until_all_watch().await;
     // Another ConfigMap changes (version 102): the watches, filtered to ours, never see it,
     // only the bookmark that carries the version forward.
     d.api.apply(NAMESPACE, "unrelated", &[("x", "y")]);
@@ -365,10 +370,7 @@ async fn without_access_to_the_configmap_the_proxy_stays_unready_and_says_why() 
 async fn an_api_error_clears_from_the_status_once_the_api_answers_again() {
     let d = Deployment::start().await;
     d.apply_first_map().await;
-    d.until("all three watches open", || async {
-        d.api.open_watches() >= 3
-    })
-    .await;
+    d.until_all_watch().await;
     // The watches end and their resumption is refused for a while.
     d.api.forbid(true);
     d.api.end_watches();

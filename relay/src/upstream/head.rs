@@ -3,6 +3,7 @@
 //! response head, parsed with `httparse` straight into the `http` types the server side
 //! answers with, header values sharing the bytes they were read into.
 
+use crate::headers::list_items;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
@@ -103,7 +104,6 @@ pub enum ResponseFraming {
 #[derive(Debug)]
 pub struct ResponseHead {
     pub status: StatusCode,
-    pub version: Version,
     pub headers: HeaderMap,
     /// A reason phrase other than the standard one, kept for the client.
     pub reason: Option<hyper::ext::ReasonPhrase>,
@@ -178,7 +178,6 @@ pub fn parse_response(
     let keep_alive = keeps_alive(version, &headers) && framing != ResponseFraming::UntilClose;
     Ok(Some(ResponseHead {
         status,
-        version,
         headers,
         reason,
         framing,
@@ -217,17 +216,12 @@ fn framing(
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
         headers.remove(header::CONTENT_LENGTH);
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|coding| !coding.is_empty());
-        return Ok(match last {
-            Some(coding) if coding.eq_ignore_ascii_case("chunked") => ResponseFraming::Chunked,
-            _ => ResponseFraming::UntilClose,
-        });
+        return Ok(
+            match list_items(headers, header::TRANSFER_ENCODING).last() {
+                Some(coding) if coding.eq_ignore_ascii_case("chunked") => ResponseFraming::Chunked,
+                _ => ResponseFraming::UntilClose,
+            },
+        );
     }
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
@@ -250,12 +244,7 @@ fn framing(
 
 /// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 only when told `keep-alive`.
 fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let mut tokens = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim);
+    let mut tokens = list_items(headers, header::CONNECTION);
     if version == Version::HTTP_10 {
         tokens.any(|t| t.eq_ignore_ascii_case("keep-alive"))
     } else {

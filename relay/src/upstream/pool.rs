@@ -77,23 +77,21 @@ impl Pool {
         request: &RequestHead,
         body: OutgoingBody,
     ) -> Result<(ResponseHead, BodyReader), PoolError> {
-        let (mut conn, reused) = match self.checkout(upstream) {
-            Some(conn) => (conn, true),
-            None => (self.connect(upstream).await?, false),
+        // A pooled connection closed under us before even the head went out leaves the
+        // body untouched: a fresh connection gets the request.
+        let pooled = match self.checkout(upstream) {
+            Some(mut conn) => conn.write_head(request).await.is_ok().then_some(conn),
+            None => None,
         };
-        if let Err(error) = conn.write_head(request).await {
-            if !reused {
-                return Err(ExchangeError::Io(error).into());
-            }
-            // Closed under us, and not even the head went out: the body is untouched.
-            conn = self.connect(upstream).await?;
-            conn.write_head(request).await.map_err(ExchangeError::Io)?;
-        }
+        let reused = pooled.is_some();
+        let mut conn = match pooled {
+            Some(conn) => conn,
+            None => self.open_with(upstream, request).await?,
+        };
         let (head, sent_whole) = match conn.finish(request, body).await {
             Ok(answer) => answer,
             Err(error) if reused && request.replayable && error.nothing_received() => {
-                conn = self.connect(upstream).await?;
-                conn.write_head(request).await.map_err(ExchangeError::Io)?;
+                conn = self.open_with(upstream, request).await?;
                 conn.finish(request, OutgoingBody::empty(None)).await?
             }
             Err(error) => return Err(error.into()),
@@ -121,15 +119,18 @@ impl Pool {
         None
     }
 
-    async fn connect(&self, upstream: &Authority) -> Result<Connection, PoolError> {
+    /// A new connection with the request head written on it.
+    async fn open_with(
+        &self,
+        upstream: &Authority,
+        request: &RequestHead,
+    ) -> Result<Connection, PoolError> {
         // Boxed: rare once the pool is warm, and its state (name resolution, timer) would
         // otherwise be part of every request's future (see `Connection::finish`).
-        Box::pin(Connection::connect(
-            upstream.as_str(),
-            self.shared.connect_timeout,
-        ))
-        .await
-        .map_err(PoolError::Connect)
+        let connecting = Connection::connect(upstream.as_str(), self.shared.connect_timeout);
+        let mut conn = Box::pin(connecting).await.map_err(PoolError::Connect)?;
+        conn.write_head(request).await.map_err(ExchangeError::Io)?;
+        Ok(conn)
     }
 }
 
