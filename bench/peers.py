@@ -202,7 +202,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="3-second runs, for trying the script")
-    ap.add_argument("--repeats", type=int, default=3,
+    ap.add_argument("--repeats", type=int, default=5,
                     help="runs of every pinned case (the table shows medians); the unpinned cases run once")
     ap.add_argument("--pinned-only", action="store_true",
                     help="only the pinned comparison, printed and not written to bench/results (for trying a change)")
@@ -269,10 +269,30 @@ def main():
             rows = {key: {m: b.median_of(rs, m) for m in ("rps", "p50", "p99", "cpu", "rss")}
                          | {"errors": sum(r["errors"] for r in rs)}
                     for key, rs in runs.items()}
-            return rows
+            return rows, runs
         finally:
             for p in list(procs.values()) + backends:
                 p.stop()
+
+    def rounds(runs, repeats):
+        """How often stickyroute beat each peer round by round: the medians alone hide
+        whether a small difference is steady or one lucky run."""
+        per_core = lambda run: run["rps"] / max(run["cpu"], 0.01)
+        lines = []
+        for c in sorted({k[0] for k in runs}):
+            for case in ("sticky", "no cookie"):
+                ours = runs.get((c, case, "stickyroute"), [])
+                for peer in ("haproxy", "nginx"):
+                    theirs = runs.get((c, case, peer), [])
+                    n = min(len(ours), len(theirs))
+                    if n == 0:
+                        continue
+                    faster = sum(per_core(a) > per_core(z) for a, z in zip(ours, theirs))
+                    lower = sum(a["p99"] < z["p99"] for a, z in zip(ours, theirs))
+                    lines.append(f"- {c} conns, {case}, against {peer}: more req/s per core in {faster} of {n} rounds, "
+                                 f"a lower p99 in {lower} of {n}")
+        return ("\nRound by round (each round runs every proxy once, back to back):\n\n" + "\n".join(lines) + "\n"
+                if repeats > 1 else "")
 
     def table(rows, pinned):
         out = []
@@ -293,15 +313,16 @@ def main():
                 + f"\n\nOne backend directly ({'on core 1' if pinned else 'unpinned'}): " + "; ".join(direct) + "\n")
 
     if opts.pinned_only:
-        print(table(run_matrix(pinned=True, repeats=opts.repeats), True))
+        pinned_rows, pinned_runs = run_matrix(pinned=True, repeats=opts.repeats)
+        print(table(pinned_rows, True) + rounds(pinned_runs, opts.repeats))
         return
-    rows = run_matrix(pinned=False)
+    rows, _ = run_matrix(pinned=False)
     report.append("## All on both cores\n\n" + table(rows, False))
-    pinned_rows = run_matrix(pinned=True, repeats=opts.repeats)
+    pinned_rows, pinned_runs = run_matrix(pinned=True, repeats=opts.repeats)
     report.append("## Proxy pinned to core 0; backends and wrk on core 1\n\n"
                   "(stickyroute with 1 worker thread, HAProxy with 1 thread, nginx with 1 worker, Apache with 1 server process; "
                   f"median of {opts.repeats} interleaved runs per case)\n\n"
-                  + table(pinned_rows, True))
+                  + table(pinned_rows, True) + rounds(pinned_runs, opts.repeats))
     report.append(agent_overhead(work, secs))
     report.append(swap_cost(work, routemap, secs))
     text = "\n".join(report)
