@@ -6,6 +6,7 @@
 //! open tunnels finish within a grace period shorter than the pod's
 //! `terminationGracePeriodSeconds`. A second signal cuts the waiting short.
 
+use routemap::source::StartError;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -18,11 +19,13 @@ pub const EXIT_CONFIG: u8 = 64;
 
 /// Runs a binary's main future on a fresh runtime (the admin listener, the map source and
 /// the shutdown sequence live there; traffic runs on the workers). Exit status 0 when it
-/// returns `Ok(true)` (everything drained in time), 1 otherwise; an error is logged.
-pub fn run_main<F, E>(main: F) -> std::process::ExitCode
+/// returns `Ok(true)` (everything drained in time), 1 otherwise; an error is logged. A map
+/// source that cannot even start ([`StartError`]: a ConfigMap source without a usable
+/// Kubernetes client) exits with [`EXIT_CONFIG`] like any other configuration mistake, so a
+/// supervisor that stops retrying on 64 does not restart it in a loop.
+pub fn run_main<F>(main: F) -> std::process::ExitCode
 where
-    F: std::future::Future<Output = Result<bool, E>>,
-    E: std::fmt::Display,
+    F: std::future::Future<Output = anyhow::Result<bool>>,
 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -37,6 +40,10 @@ where
     match runtime.block_on(main) {
         Ok(true) => std::process::ExitCode::SUCCESS,
         Ok(false) => std::process::ExitCode::FAILURE,
+        Err(error) if error.chain().any(|e| e.is::<StartError>()) => {
+            tracing::error!("invalid configuration: {error:#}");
+            std::process::ExitCode::from(EXIT_CONFIG)
+        }
         Err(error) => {
             tracing::error!("{error:#}");
             std::process::ExitCode::FAILURE

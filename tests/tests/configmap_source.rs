@@ -422,3 +422,37 @@ async fn a_malformed_configmap_reference_is_a_configuration_error() {
         proxy.log()
     );
 }
+
+/// A ConfigMap source with no way to reach the API (no kubeconfig, not in a cluster) is a
+/// deployment mistake: both binaries exit 64 with the reason, as for a malformed reference,
+/// so a supervisor that stops on 64 does not restart them in a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_source_without_a_kubernetes_client_exits_64() {
+    let missing = std::env::temp_dir().join("stickyroute-no-such-kubeconfig");
+    let env = [("KUBECONFIG", missing.to_str().unwrap())];
+    let map = [
+        "--routemap-configmap".to_owned(),
+        "shop/routemap".to_owned(),
+    ];
+    let agent_args = [
+        &[
+            "--upstream".to_owned(),
+            "127.0.0.1:9".to_owned(),
+            "--track-all".to_owned(),
+        ][..],
+        &map[..],
+    ]
+    .concat();
+    for (binary, args) in [
+        ("stickyroute-proxy", &map[..]),
+        ("stickyroute-agent", &agent_args[..]),
+    ] {
+        let process = stickyroute_tests::process::Process::start(binary, args, &env);
+        assert_eq!(process.wait_exit(PATIENCE), Some(64), "{binary}");
+        let log = process.log().join("\n");
+        assert!(
+            log.contains("invalid configuration") && log.contains("Kubernetes client"),
+            "{binary}: {log}"
+        );
+    }
+}
