@@ -203,7 +203,9 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="3-second runs, for trying the script")
     ap.add_argument("--repeats", type=int, default=5,
-                    help="runs of every pinned case (the table shows medians); the unpinned cases run once")
+                    help="runs of every pinned case and of the swap cases (the tables show medians); the unpinned cases run once")
+    ap.add_argument("--swaps-only", action="store_true",
+                    help="only the live-swap cost, printed and not written to bench/results")
     ap.add_argument("--pinned-only", action="store_true",
                     help="only the pinned comparison, printed and not written to bench/results (for trying a change)")
     opts = ap.parse_args()
@@ -312,6 +314,9 @@ def main():
                          "stickyroute ratio (req/s / per core)", "errors"], out)
                 + f"\n\nOne backend directly ({'on core 1' if pinned else 'unpinned'}): " + "; ".join(direct) + "\n")
 
+    if opts.swaps_only:
+        print(swap_cost(work, routemap, secs, opts.repeats))
+        return
     if opts.pinned_only:
         pinned_rows, pinned_runs = run_matrix(pinned=True, repeats=opts.repeats)
         print(table(pinned_rows, True) + rounds(pinned_runs, opts.repeats))
@@ -324,7 +329,7 @@ def main():
                   f"median of {opts.repeats} interleaved runs per case)\n\n"
                   + table(pinned_rows, True) + rounds(pinned_runs, opts.repeats))
     report.append(agent_overhead(work, secs))
-    report.append(swap_cost(work, routemap, secs))
+    report.append(swap_cost(work, routemap, secs, opts.repeats))
     text = "\n".join(report)
     print(text)
     os.makedirs(os.path.join(b.ROOT, "bench", "results"), exist_ok=True)
@@ -354,7 +359,9 @@ def agent_overhead(work, secs):
         app.stop()
 
 
-def swap_cost(work, routemap, secs):
+def swap_cost(work, routemap, secs, repeats):
+    """Steady and churning runs alternate, `repeats` of each, and the table shows medians:
+    one run of each moved by 15 % either way between runs of the same build."""
     backends = [b.Proc([os.path.join(b.RELEASE, "bench_backend"), f"{ip}:{BACKEND_PORT}", r], os.path.join(work, f"s-{r}.log"))
                 for r, ip, _ in BACKENDS]
     proxy = b.Proc(stickyroute_cmd(work, routemap) + ["--routemap-debounce", "20ms"], os.path.join(work, "swap-proxy.log"))
@@ -363,33 +370,41 @@ def swap_cost(work, routemap, secs):
             b.wait_http(f"http://{ip}:{BACKEND_PORT}/")
         b.wait_http("http://127.0.0.1:19900/readyz")
         url = f"http://127.0.0.1:{PORTS['stickyroute']}/"
-        steady = b.wrk(url, 64, secs, ["Cookie: balanceid=route.www1"])
-        stop = threading.Event()
-        changes = [0]
+        steady, churning = [], []
+        changes, swaps = 0, 0
+        for _ in range(repeats):
+            steady.append(b.wrk(url, 64, secs, ["Cookie: balanceid=route.www1"]))
+            stop = threading.Event()
+            written = [0]
 
-        def churn():
-            i = 0
-            while not stop.is_set():
-                i += 1
-                tmp = routemap + ".tmp"
-                with open(tmp, "w") as f:
-                    for r, ip, w in BACKENDS:
-                        f.write(f"{ip} {r} loadfactor={w if r != 'www0' else 10 + i % 50}\n")
-                os.rename(tmp, routemap)
-                changes[0] += 1
-                time.sleep(0.1)
+            def churn():
+                while not stop.is_set():
+                    written[0] += 1
+                    tmp = routemap + ".tmp"
+                    with open(tmp, "w") as f:
+                        for r, ip, w in BACKENDS:
+                            f.write(f"{ip} {r} loadfactor={w if r != 'www0' else 10 + written[0] % 50}\n")
+                    os.rename(tmp, routemap)
+                    time.sleep(0.1)
 
-        t = threading.Thread(target=churn)
-        t.start()
-        swaps_before = b.metric("http://127.0.0.1:19900/metrics", "stickyroute_proxy_table_swaps_total")
-        churning = b.wrk(url, 64, secs, ["Cookie: balanceid=route.www1"])
-        stop.set()
-        t.join()
-        swaps = b.metric("http://127.0.0.1:19900/metrics", "stickyroute_proxy_table_swaps_total") - swaps_before
-        rows = [["map unchanged", f"{steady['rps']:,.0f}", f"{steady['p99']:.2f}", steady["errors"]],
-                [f"map rewritten every 100 ms ({changes[0]} writes, {swaps:.0f} table swaps)", f"{churning['rps']:,.0f}", f"{churning['p99']:.2f}", churning["errors"]]]
-        return "## Live member-table swaps\n\nstickyroute-proxy, sticky cookie, 64 connections.\n\n" + b.table(
-            ["case", "req/s", "p99 ms", "errors"], rows) + "\n"
+            t = threading.Thread(target=churn)
+            t.start()
+            swaps_before = b.metric("http://127.0.0.1:19900/metrics", "stickyroute_proxy_table_swaps_total")
+            churning.append(b.wrk(url, 64, secs, ["Cookie: balanceid=route.www1"]))
+            stop.set()
+            t.join()
+            swaps += b.metric("http://127.0.0.1:19900/metrics", "stickyroute_proxy_table_swaps_total") - swaps_before
+            changes += written[0]
+            proxy.check_alive("stickyroute")
+            print(f"swaps: steady {steady[-1]['rps']:,.0f} req/s p99 {steady[-1]['p99']:.2f} ms, "
+                  f"churning {churning[-1]['rps']:,.0f} req/s p99 {churning[-1]['p99']:.2f} ms", flush=True)
+        row = lambda name, runs: [name, f"{b.median_of(runs, 'rps'):,.0f}", f"{b.median_of(runs, 'p99'):.2f}",
+                                  sum(r["errors"] for r in runs)]
+        rows = [row("map unchanged", steady),
+                row(f"map rewritten every 100 ms ({changes} writes, {swaps:.0f} table swaps in all)", churning)]
+        return (f"## Live member-table swaps\n\nstickyroute-proxy, sticky cookie, 64 connections; median of {repeats} "
+                "runs of each, alternating; errors summed.\n\n"
+                + b.table(["case", "req/s", "p99 ms", "errors"], rows) + "\n")
     finally:
         proxy.stop()
         for p in backends:
