@@ -10,7 +10,9 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 pub type Body = Either<Streamed, Full<Bytes>>;
@@ -123,6 +125,36 @@ pub struct OutgoingBody {
     touched: bool,
     home: Option<oneshot::Sender<Incoming>>,
     meter: Option<Arc<dyn Meter>>,
+    progress: Option<Arc<Progress>>,
+}
+
+/// When an upload last moved, so that a slow upload is told from a stalled one: the
+/// response timeout counts from the last byte that moved (see `forward`), and a big upload
+/// over a slow link is not cut off as long as it keeps going.
+pub struct Progress {
+    started: Instant,
+    /// Milliseconds after `started` when the last bytes were read from the client (each
+    /// read waits until the previous bytes were written upstream).
+    last_ms: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn moved(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When bytes last moved (the start, before any did).
+    pub fn last(&self) -> Instant {
+        self.started + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
 }
 
 /// Where an untouched body comes back to.
@@ -138,6 +170,7 @@ impl OutgoingBody {
                     touched: false,
                     home: None,
                     meter,
+                    progress: None,
                 },
                 None,
             );
@@ -149,6 +182,7 @@ impl OutgoingBody {
                 touched: false,
                 home: Some(home),
                 meter,
+                progress: Some(Arc::new(Progress::new())),
             },
             Some(reclaim),
         )
@@ -161,7 +195,13 @@ impl OutgoingBody {
             touched: false,
             home: None,
             meter,
+            progress: None,
         }
+    }
+
+    /// The upload's progress; `None` when there is nothing to upload.
+    pub fn progress(&self) -> Option<Arc<Progress>> {
+        self.progress.clone()
     }
 }
 
@@ -179,8 +219,14 @@ impl http_body::Body for OutgoingBody {
             return Poll::Ready(None);
         };
         let polled = Pin::new(inner).poll_frame(cx);
+        let len = data_len(&polled);
+        if len > 0
+            && let Some(progress) = &this.progress
+        {
+            progress.moved();
+        }
         if let Some(meter) = &this.meter {
-            meter.received(data_len(&polled));
+            meter.received(len);
         }
         polled
     }

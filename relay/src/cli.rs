@@ -152,8 +152,9 @@ pub struct UpstreamArgs {
     /// Time allowed to open a TCP connection to an upstream.
     #[arg(long, value_parser = duration, default_value = "5s", value_name = "DURATION")]
     pub connect_timeout: Duration,
-    /// Time allowed for one attempt, from connecting through sending the request (and any
-    /// upload) to receiving the response headers.
+    /// How long the upstream may leave a request unanswered: its response headers must come
+    /// within this time of the request, or of the last upload bytes that moved, so a long
+    /// upload runs as long as it keeps moving.
     #[arg(long, value_parser = duration, default_value = "60s", value_name = "DURATION")]
     pub response_timeout: Duration,
     /// How long an idle keep-alive connection to an upstream is kept in the pool.

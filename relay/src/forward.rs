@@ -24,8 +24,8 @@ use tokio_util::task::TaskTracker;
 pub struct UpstreamTimeouts {
     /// TCP connect.
     pub connect: Duration,
-    /// One attempt: connecting, sending the request (and any upload), up to the response
-    /// head.
+    /// Silence allowed before the response head: counted from the request, or from the
+    /// last upload bytes that moved (see `Upstreams::exchange`).
     pub response_header: Duration,
     /// How long an unused pooled connection is kept.
     pub idle: Duration,
@@ -42,7 +42,10 @@ pub enum ForwardError {
         #[source]
         source: PoolError,
     },
-    #[error("{upstream} sent no response headers within {timeout:?}")]
+    /// Nothing moved for `timeout`: no response head, and no upload progress either.
+    #[error(
+        "{upstream} sent no response headers within {timeout:?} (counted from the request, or from the last bytes of its upload that moved)"
+    )]
     Timeout {
         upstream: Authority,
         timeout: Duration,
@@ -218,7 +221,10 @@ impl Upstreams {
         Ok(response(answer, Streamed::new(reader)))
     }
 
-    /// One request through the pool; the response head must arrive within `timeout`.
+    /// One request through the pool; the response head must arrive within `timeout` of
+    /// the last moment anything moved: the request, or the last bytes of its upload. A
+    /// big upload over a slow link therefore runs as long as it keeps moving (as Apache's
+    /// and nginx's inactivity timeouts allow), while a stalled one ends after `timeout`.
     async fn exchange(
         &self,
         upstream: &Authority,
@@ -226,20 +232,37 @@ impl Upstreams {
         body: OutgoingBody,
         timeout: Duration,
     ) -> Result<(ResponseHead, BodyReader), ForwardError> {
-        match tokio::time::timeout(timeout, self.pool.send(upstream, request, body)).await {
-            Err(_) => Err(ForwardError::Timeout {
-                upstream: upstream.clone(),
-                timeout,
-            }),
-            Ok(Err(source @ PoolError::Connect(_))) => Err(ForwardError::Connect {
+        let progress = body.progress();
+        let sending = self.pool.send(upstream, request, body);
+        tokio::pin!(sending);
+        let mut deadline = tokio::time::Instant::now() + timeout;
+        let outcome = loop {
+            match tokio::time::timeout_at(deadline, &mut sending).await {
+                Ok(outcome) => break outcome,
+                Err(_) => {
+                    let moved = progress.as_ref().map(|p| p.last() + timeout);
+                    match moved.map(tokio::time::Instant::from_std) {
+                        Some(later) if later > deadline => deadline = later,
+                        _ => {
+                            return Err(ForwardError::Timeout {
+                                upstream: upstream.clone(),
+                                timeout,
+                            });
+                        }
+                    }
+                }
+            }
+        };
+        match outcome {
+            Err(source @ PoolError::Connect(_)) => Err(ForwardError::Connect {
                 upstream: upstream.clone(),
                 source,
             }),
-            Ok(Err(source)) => Err(ForwardError::Upstream {
+            Err(source) => Err(ForwardError::Upstream {
                 upstream: upstream.clone(),
                 source,
             }),
-            Ok(Ok(answer)) => Ok(answer),
+            Ok(answer) => Ok(answer),
         }
     }
 }

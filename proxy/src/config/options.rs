@@ -151,8 +151,9 @@ pub struct ProxyOptions {
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     #[serde(deserialize_with = "de_duration")]
     pub connect_timeout: Option<Duration>,
-    /// Time allowed for one attempt, from connecting through sending the request (and any
-    /// upload) to the member's response headers. Default 60s.
+    /// How long a member may leave a request unanswered: its response headers must come
+    /// within this time of the request, or of the last upload bytes that moved, so a long
+    /// upload runs as long as it keeps moving. Default 60s.
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     #[serde(deserialize_with = "de_duration")]
     pub response_timeout: Option<Duration>,
