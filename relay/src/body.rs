@@ -131,7 +131,7 @@ pub struct OutgoingBody {
 /// When an upload last moved, so that a slow upload is told from a stalled one: the
 /// response timeout counts from the last byte that moved (see `forward`), and a big upload
 /// over a slow link is not cut off as long as it keeps going.
-pub struct Progress {
+pub(crate) struct Progress {
     started: Instant,
     /// Milliseconds after `started` when the last bytes were read from the client (each
     /// read waits until the previous bytes were written upstream).
@@ -152,7 +152,7 @@ impl Progress {
     }
 
     /// When bytes last moved (the start, before any did).
-    pub fn last(&self) -> Instant {
+    pub(crate) fn last(&self) -> Instant {
         self.started + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
 }
@@ -200,7 +200,7 @@ impl OutgoingBody {
     }
 
     /// The upload's progress; `None` when there is nothing to upload.
-    pub fn progress(&self) -> Option<Arc<Progress>> {
+    pub(crate) fn progress(&self) -> Option<Arc<Progress>> {
         self.progress.clone()
     }
 }
