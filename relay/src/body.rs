@@ -53,8 +53,11 @@ impl http_body::Body for Streamed {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let polled = self.reader.poll_frame(cx);
-        if let Some(meter) = &self.meter {
-            meter.sent(data_len(&polled));
+        let len = data_len(&polled);
+        if len > 0
+            && let Some(meter) = &self.meter
+        {
+            meter.sent(len);
         }
         polled
     }
@@ -220,13 +223,13 @@ impl http_body::Body for OutgoingBody {
         };
         let polled = Pin::new(inner).poll_frame(cx);
         let len = data_len(&polled);
-        if len > 0
-            && let Some(progress) = &this.progress
-        {
-            progress.moved();
-        }
-        if let Some(meter) = &this.meter {
-            meter.received(len);
+        if len > 0 {
+            if let Some(progress) = &this.progress {
+                progress.moved();
+            }
+            if let Some(meter) = &this.meter {
+                meter.received(len);
+            }
         }
         polled
     }
