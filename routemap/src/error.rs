@@ -18,7 +18,11 @@ pub enum LoadError {
         "{origin}: the map is empty (0 bytes); write at least a comment line to publish an empty map"
     )]
     Empty { origin: String },
-    #[error("{origin}: invalid route map, {} error(s); first: {}", errors.len(), first(errors))]
+    #[error(
+        "{origin}: invalid route map, {} error(s); first: {}",
+        crate::parse::error_count(errors),
+        first(errors)
+    )]
     Invalid {
         origin: String,
         errors: Vec<ParseError>,

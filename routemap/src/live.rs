@@ -164,7 +164,10 @@ impl Publisher {
             .as_ref()
             .is_some_and(|last| last.message == message && last.details == details);
         if !repeated {
-            let serving = status.hash.as_deref().map_or("nothing yet", |h| &h[..12]);
+            let serving = status
+                .hash
+                .as_deref()
+                .map_or("nothing yet", crate::map::short);
             // Parse errors are listed one per line, `FILE:LINE: message`, like a compiler's.
             let listed = matches!(error, LoadError::Invalid { .. });
             tracing::error!(

@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use routemap::{Key, RouteMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Exit status for a map that is invalid, or a key that is not in it.
@@ -43,12 +43,14 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Check { files } => ExitCode::from(files.iter().map(check).max().unwrap_or(0)),
+        Command::Check { files } => {
+            ExitCode::from(files.iter().map(|f| check(f)).max().unwrap_or(0))
+        }
         Command::Lookup { file, key } => ExitCode::from(lookup(&file, &key)),
     }
 }
 
-fn check(file: &PathBuf) -> u8 {
+fn check(file: &Path) -> u8 {
     match load(file) {
         Ok(map) => {
             println!(
@@ -63,7 +65,7 @@ fn check(file: &PathBuf) -> u8 {
     }
 }
 
-fn lookup(file: &PathBuf, key: &str) -> u8 {
+fn lookup(file: &Path, key: &str) -> u8 {
     let key = match Key::parse(key) {
         Ok(key) => key,
         Err(reason) => {
@@ -87,10 +89,15 @@ fn lookup(file: &PathBuf, key: &str) -> u8 {
 }
 
 /// Reads and parses `file`, printing the problems; the error is the exit status to use.
-fn load(file: &PathBuf) -> Result<RouteMap, u8> {
+fn load(file: &Path) -> Result<RouteMap, u8> {
     let origin = file.display().to_string();
-    let bytes = std::fs::read(file).map_err(|e| {
-        eprintln!("{origin}: cannot read: {e}");
+    let bytes = routemap::source::read_map_file(file).map_err(|error| {
+        match error {
+            routemap::LoadError::NotFound { .. } => {
+                eprintln!("{origin}: cannot read: no such file")
+            }
+            other => eprintln!("{other}"),
+        }
         EXIT_USAGE
     })?;
     RouteMap::load(&origin, &bytes).map_err(|error| {

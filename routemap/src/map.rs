@@ -1,7 +1,7 @@
 //! A validated, indexed route map.
 
 use crate::error::LoadError;
-use crate::parse::{ErrorKind, ParseError};
+use crate::parse::{ErrorKind, ErrorList, ParseError};
 use crate::route::{Entry, Key, LoadFactor, RouteId, Status};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -28,9 +28,13 @@ impl RouteMap {
     /// Indexes `entries`, rejecting duplicate keys and routes (each reported at the line of
     /// the second occurrence, naming the first).
     pub fn from_entries(entries: Vec<Entry>) -> Result<Self, Vec<ParseError>> {
+        Self::index(entries).map_err(ErrorList::finish)
+    }
+
+    pub(crate) fn index(entries: Vec<Entry>) -> Result<Self, ErrorList> {
         let mut by_key: HashMap<Key, usize> = HashMap::with_capacity(entries.len());
         let mut by_route: HashMap<RouteId, usize> = HashMap::with_capacity(entries.len());
-        let mut errors = Vec::new();
+        let mut errors = ErrorList::default();
         for (index, entry) in entries.iter().enumerate() {
             match by_key.entry(entry.key.clone()) {
                 Slot::Occupied(first) => errors.push(ParseError {
@@ -126,7 +130,7 @@ impl RouteMap {
 
     /// The first 12 hex digits of [`RouteMap::hash`], enough to tell maps apart at a glance.
     pub fn short_hash(&self) -> &str {
-        &self.hash[..12]
+        short(&self.hash)
     }
 
     /// The canonical text: one entry per line in map order, attributes only where they
@@ -148,6 +152,13 @@ impl RouteMap {
         }
         out
     }
+}
+
+/// The first 12 characters of a hash (all of it if shorter).
+pub fn short(hash: &str) -> &str {
+    hash.char_indices()
+        .nth(12)
+        .map_or(hash, |(end, _)| hash.get(..end).unwrap_or(hash))
 }
 
 #[cfg(test)]

@@ -8,9 +8,18 @@ use crate::map::RouteMap;
 use crate::route::{Entry, Key, KeyError, LoadFactor, RouteError, RouteId, Status};
 use std::fmt;
 
-/// Largest map accepted. Kubernetes limits a ConfigMap to 1 MiB; a plain file may be bigger,
-/// but a map of many megabytes is a mistake (a wrong path), not a route map.
-pub const MAX_MAP_BYTES: usize = 16 * 1024 * 1024;
+/// Largest map accepted: 8 MiB, room for about 200,000 entries. Kubernetes limits a
+/// ConfigMap to 1 MiB; a plain file may be bigger, but a map of many megabytes more is a
+/// mistake (a wrong path), not a route map, and would cost every component its memory.
+pub const MAX_MAP_BYTES: usize = 8 * 1024 * 1024;
+
+/// Errors listed for one map; the rest are counted. An operator fixes the first few and
+/// runs the check again; a file of half a million bad lines (the wrong file) must not
+/// become half a million error strings in memory, in `/status` and in one log line.
+pub const MAX_LISTED_ERRORS: usize = 20;
+
+/// Longest piece of the input quoted in an error message.
+const MAX_QUOTED_CHARS: usize = 80;
 
 /// One problem found in a map, with the 1-based line it is on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,8 +37,12 @@ impl fmt::Display for ParseError {
 /// What is wrong, phrased for the person editing the map.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ErrorKind {
-    #[error("the map is larger than {MAX_MAP_BYTES} bytes ({0} bytes); is this the right file?")]
-    TooLarge(usize),
+    #[error("the map is larger than the limit of {MAX_MAP_BYTES} bytes; is this the right file?")]
+    TooLarge,
+    /// Stands for the errors not listed (see [`MAX_LISTED_ERRORS`]), on the line of the
+    /// first of them.
+    #[error("{0} more error(s) from this line on are not listed")]
+    MoreErrors(usize),
     #[error("line is not valid UTF-8")]
     NotUtf8,
     #[error("key {token:?} is neither an IP address nor a host name: {reason}")]
@@ -59,16 +72,17 @@ pub enum ErrorKind {
 }
 
 /// Parses and validates a whole map. Either every line is good and the map is returned, or
-/// every error found is returned, in line order.
+/// the errors found are returned in line order: the first [`MAX_LISTED_ERRORS`], then one
+/// [`ErrorKind::MoreErrors`] counting the rest.
 pub fn parse(text: &[u8]) -> Result<RouteMap, Vec<ParseError>> {
     if text.len() > MAX_MAP_BYTES {
         return Err(vec![ParseError {
             line: 1,
-            kind: ErrorKind::TooLarge(text.len()),
+            kind: ErrorKind::TooLarge,
         }]);
     }
     let mut entries = Vec::new();
-    let mut errors = Vec::new();
+    let mut errors = ErrorList::default();
     for (index, raw) in text.split(|b| *b == b'\n').enumerate() {
         let line = index + 1;
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
@@ -80,15 +94,89 @@ pub fn parse(text: &[u8]) -> Result<RouteMap, Vec<ParseError>> {
             }),
         }
     }
-    match RouteMap::from_entries(entries) {
+    match RouteMap::index(entries) {
         Ok(map) if errors.is_empty() => Ok(map),
-        Ok(_) => Err(errors),
-        Err(mut duplicates) => {
-            errors.append(&mut duplicates);
-            errors.sort_by_key(|e| e.line);
-            Err(errors)
+        Ok(_) => Err(errors.finish()),
+        Err(duplicates) => Err(errors.merge(duplicates).finish()),
+    }
+}
+
+/// The errors of one map as they are found, in line order: the first
+/// [`MAX_LISTED_ERRORS`] kept, the rest only counted.
+#[derive(Debug, Default)]
+pub(crate) struct ErrorList {
+    kept: Vec<ParseError>,
+    more: usize,
+    /// The line of the first error not kept.
+    more_from: Option<usize>,
+}
+
+impl ErrorList {
+    pub(crate) fn push(&mut self, error: ParseError) {
+        if self.kept.len() < MAX_LISTED_ERRORS {
+            self.kept.push(error);
+        } else {
+            self.more += 1;
+            self.more_from.get_or_insert(error.line);
         }
     }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.kept.is_empty()
+    }
+
+    /// Both lists in one, in line order (this one's first on equal lines).
+    pub(crate) fn merge(self, other: ErrorList) -> ErrorList {
+        let mut all = self.kept;
+        all.extend(other.kept);
+        all.sort_by_key(|e| e.line);
+        let mut merged = ErrorList {
+            kept: Vec::with_capacity(MAX_LISTED_ERRORS),
+            more: self.more + other.more,
+            more_from: match (self.more_from, other.more_from) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+        };
+        for error in all {
+            merged.push(error);
+        }
+        merged
+    }
+
+    /// The listed errors, followed by one standing for the unlisted ones.
+    pub(crate) fn finish(self) -> Vec<ParseError> {
+        let mut errors = self.kept;
+        if let Some(line) = self.more_from {
+            errors.push(ParseError {
+                line,
+                kind: ErrorKind::MoreErrors(self.more),
+            });
+        }
+        errors
+    }
+}
+
+/// How many errors a list from [`parse`] stands for, the unlisted ones included.
+pub fn error_count(errors: &[ParseError]) -> usize {
+    errors
+        .iter()
+        .map(|e| match e.kind {
+            ErrorKind::MoreErrors(n) => n,
+            _ => 1,
+        })
+        .sum()
+}
+
+/// A piece of the input as an error message quotes it: at most [`MAX_QUOTED_CHARS`]
+/// characters (a single token can be a megabyte long).
+fn quoted(text: &str) -> String {
+    let mut chars = text.chars();
+    let mut shown: String = chars.by_ref().take(MAX_QUOTED_CHARS).collect();
+    if chars.next().is_some() {
+        shown.push('…');
+    }
+    shown
 }
 
 /// A pair being assembled from the tokens of one line.
@@ -117,7 +205,7 @@ impl Draft {
         let key = Key::parse(key)
             .map_err(|reason| {
                 report(ErrorKind::BadKey {
-                    token: key.to_owned(),
+                    token: quoted(key),
                     reason,
                 })
             })
@@ -125,7 +213,7 @@ impl Draft {
         let route = RouteId::parse(route)
             .map_err(|reason| {
                 report(ErrorKind::BadRoute {
-                    token: route.to_owned(),
+                    token: quoted(route),
                     reason,
                 })
             })
@@ -158,9 +246,7 @@ impl Draft {
             "port" => ("port", 2),
             "status" => ("status", 4),
             _ => {
-                return Err(ErrorKind::UnknownAttribute {
-                    name: name.to_owned(),
-                });
+                return Err(ErrorKind::UnknownAttribute { name: quoted(name) });
             }
         };
         if self.seen & bit != 0 {
@@ -171,7 +257,7 @@ impl Draft {
         self.seen |= bit;
         let bad = |expected| ErrorKind::BadValue {
             name,
-            value: value.to_owned(),
+            value: quoted(value),
             expected,
         };
         match name {
@@ -195,7 +281,7 @@ impl Draft {
     }
 }
 
-fn parse_line(line: usize, text: &str, entries: &mut Vec<Entry>, errors: &mut Vec<ParseError>) {
+fn parse_line(line: usize, text: &str, entries: &mut Vec<Entry>, errors: &mut ErrorList) {
     let text = text.split_once('#').map_or(text, |(before, _)| before);
     let mut pending = Pending::Nothing;
     let mut report = |kind| errors.push(ParseError { line, kind });
@@ -209,11 +295,11 @@ fn parse_line(line: usize, text: &str, entries: &mut Vec<Entry>, errors: &mut Ve
                     continue;
                 }
                 Pending::Nothing => report(ErrorKind::DanglingAttribute {
-                    token: token.to_owned(),
+                    token: quoted(token),
                 }),
                 Pending::Key(key) => report(ErrorKind::AttributeBeforeRoute {
-                    token: token.to_owned(),
-                    key: (*key).to_owned(),
+                    token: quoted(token),
+                    key: quoted(key),
                 }),
             }
             // The rest of the line cannot be paired reliably; stop rather than pile up
@@ -231,9 +317,7 @@ fn parse_line(line: usize, text: &str, entries: &mut Vec<Entry>, errors: &mut Ve
     }
     match pending {
         Pending::Nothing => {}
-        Pending::Key(key) => report(ErrorKind::MissingRoute {
-            key: key.to_owned(),
-        }),
+        Pending::Key(key) => report(ErrorKind::MissingRoute { key: quoted(key) }),
         Pending::Pair(draft) => entries.extend(draft.into_entry()),
     }
 }
@@ -378,10 +462,37 @@ mod tests {
             ["line 2: line is not valid UTF-8"]
         );
         let big = vec![b'#'; MAX_MAP_BYTES + 1];
+        assert_eq!(parse(&big).unwrap_err()[0].kind, ErrorKind::TooLarge);
+    }
+
+    #[test]
+    fn a_flood_of_errors_is_listed_up_to_the_limit_and_counted() {
+        let text = "10.0.0.1 not.a.route\n".repeat(50_000);
+        let errors = parse(text.as_bytes()).unwrap_err();
+        assert_eq!(errors.len(), MAX_LISTED_ERRORS + 1);
+        assert_eq!(errors[MAX_LISTED_ERRORS].line, MAX_LISTED_ERRORS + 1);
         assert_eq!(
-            parse(&big).unwrap_err()[0].kind,
-            ErrorKind::TooLarge(MAX_MAP_BYTES + 1)
+            errors[MAX_LISTED_ERRORS].kind,
+            ErrorKind::MoreErrors(50_000 - MAX_LISTED_ERRORS)
         );
+        assert_eq!(error_count(&errors), 50_000);
+        // Duplicates count against the same limit, merged in line order.
+        let mut dups = String::from("10.0.0.1 www1\n");
+        for i in 0..100 {
+            dups.push_str(&format!("10.0.1.{i} www1 loadfactor=0\n"));
+        }
+        let errors = parse(dups.as_bytes()).unwrap_err();
+        assert_eq!(errors.len(), MAX_LISTED_ERRORS + 1);
+        assert_eq!(error_count(&errors), 200);
+        assert!(errors.windows(2).all(|w| w[0].line <= w[1].line));
+    }
+
+    #[test]
+    fn a_huge_token_is_quoted_shortened() {
+        let text = format!("a {}", "r".repeat(1 << 20));
+        let message = errors(&text).join("\n");
+        assert!(message.len() < 300, "{}", message.len());
+        assert!(message.contains('…'));
     }
 
     fn errors_of(bytes: &[u8]) -> Vec<String> {

@@ -118,3 +118,54 @@ fn help_is_available_on_every_command() {
         assert!(text(&out.stdout).contains("Usage"));
     }
 }
+
+#[test]
+fn check_refuses_devices_and_fifos_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    for path in ["/dev/zero", fifo.to_str().unwrap()] {
+        let started = std::time::Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_routemap"))
+            .args(["check", path])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > std::time::Duration::from_secs(5) {
+                let _ = child.kill();
+                panic!("routemap check {path} did not finish");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(2), "{path}: {stderr}");
+        assert!(stderr.contains("not a regular file"), "{path}: {stderr}");
+    }
+}
+
+#[test]
+fn check_lists_a_bounded_number_of_errors_and_counts_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = "10.0.0.1 not.a.route\n";
+    let bad = write(dir.path(), "bad", &line.repeat(50_000));
+    let out = routemap(&["check", &bad]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.lines().count() <= 21,
+        "{} lines",
+        stderr.lines().count()
+    );
+    assert!(stderr.contains("more error"), "{stderr}");
+}

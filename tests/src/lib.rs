@@ -11,6 +11,7 @@
 //!   [`server::ServerBuilder`].
 //! - [`client`]: one-request-per-connection HTTP/1.1 and HTTP/2 client.
 //! - [`cluster::Cluster`]: backends behind the real proxy, with their map file.
+//! - [`raw`]: a raw-socket client and a backend that records every byte it received.
 //! - [`webdriver::Browser`]: headless Chromium driven through chromedriver.
 #![forbid(unsafe_code)]
 // A harness fails the test that uses it by panicking with a message: that is its job.
@@ -24,6 +25,7 @@ pub mod kube_api;
 pub mod kubelet;
 pub mod process;
 pub mod proxy;
+pub mod raw;
 pub mod server;
 pub mod webdriver;
 
@@ -43,6 +45,25 @@ pub async fn eventually<T>(
     let deadline = Instant::now() + patience;
     loop {
         if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {patience:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// [`eventually`] for checks that need to await (a request, say).
+pub async fn eventually_async<T, F, Fut>(what: &str, patience: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(value) = check().await {
             return value;
         }
         assert!(

@@ -328,3 +328,108 @@ fn load_errors_name_the_file() {
     };
     assert_eq!(error.to_string(), "/etc/routemap/routemap: not found");
 }
+
+#[tokio::test]
+async fn a_busy_directory_does_not_starve_the_map() {
+    // Another program writes a file next to the map far more often than the debounce.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routemap");
+    std::fs::write(&path, "10.0.0.1 www1\n").unwrap();
+    let (live, _task) = start(&path);
+    wait_route(&live, "10.0.0.1", "www1").await;
+    let noisy = dir.path().join("access.log");
+    let churn = tokio::spawn(async move {
+        for i in 0u64.. {
+            let _ = std::fs::write(&noisy, i.to_string());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    std::fs::write(&path, "10.0.0.1 www2\n").unwrap();
+    eventually(
+        "the edit, despite the churn",
+        Duration::from_secs(3),
+        || (route_of(&live, "10.0.0.1").as_deref() == Some("www2")).then_some(()),
+    )
+    .await;
+    churn.abort();
+}
+
+#[tokio::test]
+async fn the_periodic_reread_runs_however_many_events_arrive() {
+    // The map is a symlink into another directory (no event reaches the watch when the
+    // target changes), while the watched directory itself is busy.
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = elsewhere.path().join("real-map");
+    std::fs::write(&target, "10.0.0.1 www1\n").unwrap();
+    let path = dir.path().join("routemap");
+    std::os::unix::fs::symlink(&target, &path).unwrap();
+    let options = FileWatchOptions {
+        poll_interval: Duration::from_millis(300),
+        ..FileWatchOptions::default()
+    };
+    let (live, _task) = spawn(FileSource::new(&path).with_options(options));
+    wait_route(&live, "10.0.0.1", "www1").await;
+    let noisy = dir.path().join("access.log");
+    let churn = tokio::spawn(async move {
+        for i in 0u64.. {
+            let _ = std::fs::write(&noisy, i.to_string());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    std::fs::write(&target, "10.0.0.1 www2\n").unwrap();
+    eventually("the periodic re-read", Duration::from_secs(3), || {
+        (route_of(&live, "10.0.0.1").as_deref() == Some("www2")).then_some(())
+    })
+    .await;
+    churn.abort();
+}
+
+#[tokio::test]
+async fn a_fifo_at_the_map_path_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routemap");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (live, _task) = start(&path);
+    let error = eventually("the FIFO to be refused", Duration::from_secs(3), || {
+        live.status().last_error.map(|e| e.message)
+    })
+    .await;
+    assert!(error.contains("not a regular file"), "{error}");
+    // Replaced by a real map, it is read as usual: the source was not stuck on the FIFO.
+    let real = dir.path().join("routemap.new");
+    std::fs::write(&real, "10.0.0.1 www1\n").unwrap();
+    std::fs::rename(&real, &path).unwrap();
+    wait_route(&live, "10.0.0.1", "www1").await;
+}
+
+#[tokio::test]
+async fn a_megabyte_of_invalid_lines_keeps_a_bounded_error_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routemap");
+    let line = "10.0.0.1 not.a.route\n";
+    std::fs::write(&path, line.repeat((1 << 20) / line.len())).unwrap();
+    let (live, _task) = start(&path);
+    let error = eventually("the map to be refused", PATIENCE, || {
+        live.status().last_error
+    })
+    .await;
+    assert!(
+        error.details.len() <= 21,
+        "{} details kept",
+        error.details.len()
+    );
+    assert!(
+        error
+            .details
+            .last()
+            .is_some_and(|l| l.contains("more error")),
+        "the rest is counted: {:?}",
+        error.details.last()
+    );
+    assert!(error.message.len() < 1024, "{}", error.message);
+}
