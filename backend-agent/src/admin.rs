@@ -16,6 +16,8 @@ use stickyroute_relay::serve::{ConnInfo, Handler};
 pub struct AgentAdmin {
     pub agent: Arc<Agent>,
     pub lifecycle: Arc<Lifecycle>,
+    /// The admin listener's connection counters (the traffic listener's are the agent's).
+    pub admin_stats: Arc<stickyroute_relay::serve::stats::ServeStats>,
 }
 
 /// `/status`: what an operator (or the proxy's balancer-manager) wants to know.
@@ -97,11 +99,14 @@ impl AgentAdmin {
                 }
                 admin::readyz(&problems)
             }
-            "/metrics" => admin::metrics(
-                self.agent
+            "/metrics" => {
+                let mut text = self
+                    .agent
                     .metrics
-                    .render(&self.agent.live.status(), self.lifecycle.is_draining()),
-            ),
+                    .render(&self.agent.live.status(), self.lifecycle.is_draining());
+                admin::serve_metrics(&mut text, &self.agent.stats, &self.admin_stats);
+                admin::metrics(text)
+            }
             "/status" => body::json(StatusCode::OK, &self.status()),
             _ => admin::not_found(),
         }

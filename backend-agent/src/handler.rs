@@ -14,9 +14,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use stickyroute_relay::body::{self, Body};
-use stickyroute_relay::forward::{Origin, Upstreams};
+use stickyroute_relay::forward::{ErrorSource, ForwardError, Origin, Upstreams};
 use stickyroute_relay::headers::Forwarded;
+use stickyroute_relay::request;
+use stickyroute_relay::serve::stats::{ClientFault, ServeStats};
 use stickyroute_relay::serve::{ConnInfo, Handler};
+use stickyroute_relay::upstream::Requester;
 
 /// What every worker's [`Agent`] shares.
 pub struct AgentShared {
@@ -42,6 +45,8 @@ pub struct Agent {
     pub shared: Arc<AgentShared>,
     pub upstreams: Upstreams,
     pub metrics: Arc<Metrics>,
+    /// The traffic listener's counters (client faults are counted there).
+    pub stats: Arc<ServeStats>,
 }
 
 impl std::ops::Deref for Agent {
@@ -60,11 +65,17 @@ struct Plan {
 }
 
 impl Agent {
-    pub fn new(shared: Arc<AgentShared>, upstreams: Upstreams, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        shared: Arc<AgentShared>,
+        upstreams: Upstreams,
+        metrics: Arc<Metrics>,
+        stats: Arc<ServeStats>,
+    ) -> Self {
         Self {
             shared,
             upstreams,
             metrics,
+            stats,
         }
     }
 
@@ -158,6 +169,14 @@ impl Agent {
 impl Handler for Agent {
     async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         self.metrics.request();
+        let host = match request::check(&request) {
+            Ok(host) => host,
+            Err(refusal) => {
+                self.stats.client_fault(ClientFault::Refused);
+                tracing::debug!(client = %conn.remote, reason = refusal.reason, "request refused");
+                return request::refusal_response(&refusal);
+            }
+        };
         self.settings.identity.note_local(conn.local.ip());
         let plan = self.plan(&request, conn.local.ip());
         let origin = Origin {
@@ -165,20 +184,46 @@ impl Handler for Agent {
             proto: "http",
             forwarded: Forwarded::BehindProxy,
         };
+        let requester = Requester {
+            conn: conn.id,
+            first: conn.first_request,
+        };
         let mut response = match self
             .upstreams
-            .forward(request, &self.settings.upstream, origin)
+            .forward(request, host, &self.settings.upstream, origin, requester)
             .await
         {
             Ok(response) => body::streamed(response, None),
-            Err(error) => {
-                self.metrics.upstream_error(&error);
-                tracing::warn!(%error, "app did not answer");
-                return body::text(error.status(), format!("{}\n", error.status()));
-            }
+            Err(error) => return self.failed(&error, conn),
         };
         if let Some(plan) = plan {
             self.apply(plan, &mut response);
+        }
+        response
+    }
+}
+
+impl Agent {
+    /// The answer when the exchange with the app failed, counted by whose fault it was.
+    fn failed(&self, error: &ForwardError, conn: ConnInfo) -> Response<Body> {
+        let mut response = body::text(error.status(), format!("{}\n", error.status()));
+        match error.source() {
+            ErrorSource::Client => {
+                self.stats.client_fault(match error {
+                    ForwardError::ClientStalled(_) => ClientFault::UploadStalled,
+                    _ => ClientFault::UploadBroken,
+                });
+                tracing::debug!(client = %conn.remote, %error, "the client's upload failed; not the app's fault");
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            ErrorSource::Upstream => {
+                self.metrics.upstream_error(error);
+                tracing::warn!(%error, "app did not answer");
+            }
+            ErrorSource::Internal => tracing::error!(%error, "cannot forward the request"),
         }
         response
     }

@@ -14,6 +14,10 @@ use stickyroute_agent::metrics::Metrics;
 use stickyroute_relay::cli::start_map;
 use stickyroute_relay::forward::Upstreams;
 use stickyroute_relay::lifecycle::{EXIT_CONFIG, Lifecycle, run_main};
+use stickyroute_relay::serve::admission::{
+    ADMIN_MAX_CONNECTIONS, Admission, fit_to_descriptors, raise_open_file_limit,
+};
+use stickyroute_relay::serve::stats::ServeStats;
 use stickyroute_relay::serve::{bind, serve};
 use stickyroute_relay::workers;
 
@@ -41,6 +45,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: AgentArgs, settings: Settings, location: MapLocation) -> anyhow::Result<bool> {
+    let open_files = raise_open_file_limit();
+    let max_connections = fit_to_descriptors(args.client_limits.max_connections, open_files);
     let lifecycle = Arc::new(Lifecycle::default());
     let (live, _source) = start_map(&location, args.map.routemap_debounce).await?;
     let workers = args
@@ -55,32 +61,39 @@ async fn run(args: AgentArgs, settings: Settings, location: MapLocation) -> anyh
         admin = %admin_listener.local_addr()?,
         workers,
         routemap = %location,
+        max_connections,
+        open_file_limit = open_files,
         version = env!("CARGO_PKG_VERSION"),
         "stickyroute-agent started"
     );
+    let traffic_stats = Arc::new(ServeStats::default());
+    let admin_stats = Arc::new(ServeStats::default());
     // Every worker has its own connection pool to the app; the settings, the map and the
     // counters are shared, so /status and /metrics see all of them.
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(AgentShared::new(settings, live));
     let timeouts = args.upstream_limits.timeouts();
-    let limits = args.client_limits.limits();
+    let limits = args.client_limits.limits(timeouts.inactivity);
     let grace = args.shutdown.grace_period;
     let admin = AgentAdmin {
         agent: Arc::new(Agent::new(
             shared.clone(),
             Upstreams::new(timeouts, lifecycle.tunnels()),
             metrics.clone(),
+            traffic_stats.clone(),
         )),
         lifecycle: lifecycle.clone(),
+        admin_stats: admin_stats.clone(),
     };
     let admin_task = tokio::spawn(serve(
         admin_listener,
         Arc::new(admin),
         limits,
+        Admission::new(ADMIN_MAX_CONNECTIONS, admin_stats),
         lifecycle.admin_stop(),
         grace,
     ));
-    let tunnels = lifecycle.tunnels();
+    let (tunnels, stats) = (lifecycle.tunnels(), traffic_stats.clone());
     let servers = workers::spawn(
         listeners,
         move |_| {
@@ -88,9 +101,11 @@ async fn run(args: AgentArgs, settings: Settings, location: MapLocation) -> anyh
                 shared.clone(),
                 Upstreams::new(timeouts, tunnels.clone()),
                 metrics.clone(),
+                stats.clone(),
             ))
         },
         limits,
+        Admission::new(max_connections, traffic_stats),
         lifecycle.traffic_stop(),
         grace,
     )?;

@@ -200,6 +200,12 @@ class Manifests(unittest.TestCase):
         )
 
 
+def admin_hosts(proxy):
+    """Every name given to the proxy with --admin-host."""
+    values = [a.split("=", 1)[1] for a in proxy["args"] if a.startswith("--admin-host=")]
+    return ",".join(values).split(",")
+
+
 class HelmChart(Manifests):
     def test_lint_passes_in_every_mode(self):
         for mode, values in MODES.items():
@@ -334,6 +340,23 @@ class HelmChart(Manifests):
         for workload in workloads(objects):
             self.assertEqual(set(workload["spec"]["selector"]["matchLabels"]), SELECTOR_LABELS)
 
+    def test_the_balancer_manager_answers_to_its_service_names(self):
+        objects, _ = render({"proxy": {"adminHosts": ["admin.shop.example"], "maxConnections": 5000}})
+        proxy = container(
+            one(objects, "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy"
+        )
+        names = admin_hosts(proxy)
+        service = one(objects, "Service", "shop-stickyroute")["metadata"]["name"]
+        for name in (
+            service,
+            f"{service}.shop",
+            f"{service}.shop.svc",
+            f"{service}.shop.svc.cluster.local",
+            "admin.shop.example",
+        ):
+            self.assertIn(name, names)
+        self.assertEqual(arg(proxy, "--max-connections"), "5000")
+
     def test_a_map_kept_outside_the_release_is_not_rendered(self):
         objects, notes = render(MODES["existing-configmap"])
         self.assertEqual(of_kind(objects, "ConfigMap"), [])
@@ -365,6 +388,8 @@ class HelmChart(Manifests):
             {"proxy": {"port": 80}},
             {"proxy": {"lbmethod": "roundrobin"}},
             {"exampleApp": {"name": "Web_App"}},
+            {"proxy": {"maxConnections": 0}},
+            {"proxy": {"adminHosts": ["evil example"]}},
         ):
             with self.subTest(values=bad):
                 with self.assertRaises(helm.HelmError):
@@ -412,6 +437,16 @@ class Kustomize(Manifests):
                     self.assertEqual(arg(c, "--routemap-configmap"), "$(POD_NAMESPACE)/routemap")
                     # $(POD_NAMESPACE) expands only if the variable is defined in the container.
                     self.assertIn("POD_NAMESPACE", [e["name"] for e in c["env"]])
+
+    def test_the_balancer_manager_answers_to_its_service_names(self):
+        objects = kustomize(BASE)
+        proxy = container(
+            one(objects, "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy"
+        )
+        service = one(objects, "Service")["metadata"]["name"]
+        names = admin_hosts(proxy)
+        for name in (service, f"{service}.$(POD_NAMESPACE)", f"{service}.$(POD_NAMESPACE).svc"):
+            self.assertIn(name, names)
 
     def test_pods_are_locked_down_with_a_native_sidecar(self):
         objects = kustomize(OVERLAY)

@@ -1,7 +1,6 @@
 //! The proxy's admin endpoints: `/healthz`, `/readyz`, `/metrics`, `/status`.
 
 use crate::balancer::Balancer;
-use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use http::{Method, Request, Response, StatusCode};
@@ -12,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use stickyroute_relay::admin;
 use stickyroute_relay::body::{self, Body};
+use stickyroute_relay::clock::now_ms;
 use stickyroute_relay::lifecycle::Lifecycle;
+use stickyroute_relay::serve::stats::ServeStats;
 use stickyroute_relay::serve::{ConnInfo, Handler};
 
 pub struct ProxyAdmin {
@@ -22,6 +23,10 @@ pub struct ProxyAdmin {
     pub metrics: Arc<Metrics>,
     pub lifecycle: Arc<Lifecycle>,
     pub access: crate::manager::access::Access,
+    pub hosts: crate::manager::hosts::AllowedHosts,
+    /// The admin listener's and the traffic listeners' connection counters.
+    pub admin_stats: Arc<ServeStats>,
+    pub traffic_stats: Arc<ServeStats>,
 }
 
 #[derive(Serialize)]
@@ -152,12 +157,14 @@ impl Handler for ProxyAdmin {
             "/readyz" => self.readyz(),
             "/metrics" => {
                 let table = self.balancer.table();
-                admin::metrics(self.metrics.render(
+                let mut text = self.metrics.render(
                     table.as_deref(),
                     &self.live.status(),
                     self.balancer.swaps(),
                     self.lifecycle.is_draining(),
-                ))
+                );
+                admin::serve_metrics(&mut text, &self.traffic_stats, &self.admin_stats);
+                admin::metrics(text)
             }
             "/status" => body::json(StatusCode::OK, &self.status()),
             _ => admin::not_found(),

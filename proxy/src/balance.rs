@@ -119,7 +119,15 @@ mod tests {
     /// The members `picks` new sessions go to, in order.
     fn picks(table: &MemberTable, picks: usize, method: LbMethod) -> Vec<usize> {
         (0..picks)
-            .map(|_| pick(table.members(), method, crate::clock::now_ms(), &[]).unwrap())
+            .map(|_| {
+                pick(
+                    table.members(),
+                    method,
+                    stickyroute_relay::clock::now_ms(),
+                    &[],
+                )
+                .unwrap()
+            })
             .collect()
     }
 
@@ -148,8 +156,8 @@ mod tests {
     fn sticky_requests_count_in_the_accounting_as_in_apache() {
         let t = table("10.0.0.1 www1\n10.0.0.2 www2\n");
         // Two sticky hits on www1 are "owed" to www2: the next two new sessions go there.
-        account_sticky(t.members(), 0, crate::clock::now_ms());
-        account_sticky(t.members(), 0, crate::clock::now_ms());
+        account_sticky(t.members(), 0, stickyroute_relay::clock::now_ms());
+        account_sticky(t.members(), 0, stickyroute_relay::clock::now_ms());
         assert_eq!(picks(&t, 2, LbMethod::Byrequests), [1, 1]);
     }
 
@@ -185,7 +193,7 @@ mod tests {
             pick(
                 t.members(),
                 LbMethod::Byrequests,
-                crate::clock::now_ms(),
+                stickyroute_relay::clock::now_ms(),
                 &[2, 3]
             ),
             None

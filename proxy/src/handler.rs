@@ -9,9 +9,8 @@
 //! | no sticky value, or no route in it | — | weighted pick |
 
 use crate::balance::{account_sticky, pick};
-use crate::clock::now_ms;
 use crate::config::{Settings, UnknownRoute};
-use crate::member::Member;
+use crate::member::{InFlight, Member};
 use crate::metrics::{Metrics, Outcome};
 use crate::sticky::Sticky;
 use crate::table::MemberTable;
@@ -22,18 +21,26 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use stickyroute_relay::body::{self, Body, Meter, OutgoingBody};
-use stickyroute_relay::forward::{ForwardError, Origin, Prepared, Upstreams};
+use stickyroute_relay::clock::now_ms;
+use stickyroute_relay::forward::{ErrorSource, ForwardError, Origin, Prepared, Upstreams};
 use stickyroute_relay::headers::Forwarded;
+use stickyroute_relay::request;
+use stickyroute_relay::serve::stats::{ClientFault, ServeStats};
 use stickyroute_relay::serve::{ConnInfo, Handler};
+use stickyroute_relay::upstream::Requester;
 
 /// At most this many members are tried for one request whose connections fail.
 const MAX_ATTEMPTS: usize = 3;
 
+/// The request path of one worker: the shared settings, table and counters, and this
+/// worker's pool of member connections.
 pub struct Proxy {
     pub settings: Arc<Settings>,
     pub balancer: Arc<crate::balancer::Balancer>,
     pub upstreams: Upstreams,
     pub metrics: Arc<Metrics>,
+    /// The traffic listener's counters (client faults are counted there).
+    pub stats: Arc<ServeStats>,
 }
 
 /// The member chosen for a request, and whether it may be replaced after a failed
@@ -126,10 +133,20 @@ impl Proxy {
         }
     }
 
+    /// Answers `refusal`, counting its outcome.
+    fn refuse(&self, refusal: Refusal) -> Response<Body> {
+        self.metrics.outcome(refusal.outcome);
+        refusal_response(refusal)
+    }
+
+    /// Sends the request to the chosen member, and to others when a connection fails and
+    /// the session allows it. Each request's outcome is counted once, when it ends: a
+    /// session moved to another member after a failed connection counts as a failover.
     async fn forward(
         &self,
         table: Arc<MemberTable>,
         request: Request<Incoming>,
+        host: Option<HeaderValue>,
         conn: ConnInfo,
         mut choice: Choice,
     ) -> Response<Body> {
@@ -138,26 +155,34 @@ impl Proxy {
             proto: "http",
             forwarded: Forwarded::Edge,
         };
-        let (mut head, body) = Prepared::new(request, origin);
+        let requester = Requester {
+            conn: conn.id,
+            first: conn.first_request,
+        };
+        let (mut head, body) = Prepared::new(request, host, origin);
         let mut unsent = Unsent::Body(body);
         let mut tried: Vec<usize> = Vec::new();
+        let mut outcome = choice.outcome;
         loop {
-            self.metrics.outcome(choice.outcome);
             let member = &table.members()[choice.index];
             let Some(authority) = member.authority.as_ref() else {
-                return refusal_response(no_member(table.members()));
+                return self.refuse(no_member(table.members()));
             };
-            let state = &member.state;
-            state.requests.fetch_add(1, Relaxed);
-            state.busy.fetch_add(1, Relaxed);
-            let meter: Arc<dyn Meter> = state.clone();
+            // The request is in flight on this member until the last of the upload, the
+            // response body and this function lets go of it, whichever path it takes.
+            let meter: Arc<dyn Meter> = InFlight::start(member, self.settings.retry);
             let (outgoing, reclaim) = match unsent {
-                Unsent::Body(body) => OutgoingBody::guard(body, Some(meter.clone())),
+                Unsent::Body(body) => self.upstreams.upload(body, Some(meter.clone())),
                 Unsent::Empty => (OutgoingBody::empty(Some(meter.clone())), None),
             };
             let may_retry =
                 choice.may_retry && tried.len() + 1 < MAX_ATTEMPTS.min(table.members().len());
-            let error = match self.upstreams.send(&mut head, outgoing, authority).await {
+            let state = &member.state;
+            let error = match self
+                .upstreams
+                .send(&mut head, outgoing, authority, requester)
+                .await
+            {
                 Ok(response) => {
                     if self.settings.failonstatus.contains(&response.status()) {
                         state.errors.fetch_add(1, Relaxed);
@@ -166,11 +191,29 @@ impl Proxy {
                     } else {
                         state.mark_ok();
                     }
+                    self.metrics.outcome(outcome);
                     return body::streamed(response, Some(meter));
                 }
                 Err(error) => error,
             };
-            state.busy.fetch_sub(1, Relaxed);
+            drop(meter);
+            match error.source() {
+                ErrorSource::Client => {
+                    self.stats.client_fault(match error {
+                        ForwardError::ClientStalled(_) => ClientFault::UploadStalled,
+                        _ => ClientFault::UploadBroken,
+                    });
+                    tracing::debug!(client = %conn.remote, route = %member.route, %error, "the client's upload failed; not the member's fault");
+                    self.metrics.outcome(outcome);
+                    return error_response(&error);
+                }
+                ErrorSource::Internal => {
+                    tracing::error!(route = %member.route, %error, "cannot forward the request");
+                    self.metrics.outcome(outcome);
+                    return error_response(&error);
+                }
+                ErrorSource::Upstream => {}
+            }
             state.errors.fetch_add(1, Relaxed);
             state.mark_error(self.settings.retry);
             tracing::warn!(route = %member.route, %error, retry = ?self.settings.retry, "member failed; in error for the retry time");
@@ -190,25 +233,25 @@ impl Proxy {
             match next {
                 Some((index, body)) => {
                     self.metrics.retry();
+                    if matches!(outcome, Outcome::Hit | Outcome::DrainedHit) {
+                        outcome = Outcome::Failover;
+                    }
                     unsent = body;
                     choice = Choice {
                         index,
-                        outcome: Outcome::Failover,
+                        outcome,
                         may_retry: true,
                     };
                 }
+                // A session pinned by --nofailover whose member just went away.
                 None if !choice.may_retry && error.is_connect() => {
-                    // A session pinned by --nofailover whose member just went away.
-                    let refusal = self.refuse_pinned(member, now_ms());
-                    self.metrics.outcome(refusal.outcome);
-                    return refusal_response(refusal);
+                    return self.refuse(self.refuse_pinned(member, now_ms()));
                 }
-                None if error.is_connect() => {
-                    let refusal = no_member(table.members());
-                    self.metrics.outcome(refusal.outcome);
-                    return refusal_response(refusal);
+                None if error.is_connect() => return self.refuse(no_member(table.members())),
+                None => {
+                    self.metrics.outcome(outcome);
+                    return error_response(&error);
                 }
-                None => return error_response(&error),
             }
         }
     }
@@ -240,14 +283,30 @@ fn refusal_response(refusal: Refusal) -> Response<Body> {
     response
 }
 
+/// The status of a failed exchange, with a short body. After a client's broken or stalled
+/// upload the connection is closed: what is left of the body cannot be trusted.
 fn error_response(error: &ForwardError) -> Response<Body> {
-    body::text(error.status(), format!("{}\n", error.status()))
+    let mut response = body::text(error.status(), format!("{}\n", error.status()));
+    if error.source() == ErrorSource::Client {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 impl Handler for Proxy {
     async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let host = match request::check(&request) {
+            Ok(host) => host,
+            Err(refusal) => {
+                self.stats.client_fault(ClientFault::Refused);
+                tracing::debug!(client = %conn.remote, reason = refusal.reason, "request refused");
+                return request::refusal_response(&refusal);
+            }
+        };
         let Some(table) = self.balancer.table() else {
-            return refusal_response(Refusal {
+            return self.refuse(Refusal {
                 outcome: Outcome::NoMember,
                 retry_after: Some(Duration::from_secs(5)),
                 message: "no route map loaded yet".to_owned(),
@@ -256,11 +315,8 @@ impl Handler for Proxy {
         let path = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         let sticky = self.settings.sticky.extract(path, request.headers());
         match self.choose(&table, sticky, now_ms()) {
-            Ok(choice) => self.forward(table, request, conn, choice).await,
-            Err(refusal) => {
-                self.metrics.outcome(refusal.outcome);
-                refusal_response(refusal)
-            }
+            Ok(choice) => self.forward(table, request, host, conn, choice).await,
+            Err(refusal) => self.refuse(refusal),
         }
     }
 }

@@ -17,7 +17,7 @@
 pub mod admin;
 pub mod balance;
 pub mod balancer;
-mod clock;
+
 pub mod config;
 pub mod handler;
 pub mod health;

@@ -16,10 +16,15 @@ use stickyroute_proxy::health;
 use stickyroute_proxy::import_apache;
 use stickyroute_proxy::manager::access::Access;
 use stickyroute_proxy::manager::agents;
+use stickyroute_proxy::manager::hosts::AllowedHosts;
 use stickyroute_proxy::metrics::Metrics;
 use stickyroute_relay::cli::start_map;
 use stickyroute_relay::forward::Upstreams;
 use stickyroute_relay::lifecycle::{EXIT_CONFIG, Lifecycle, run_main};
+use stickyroute_relay::serve::admission::{
+    ADMIN_MAX_CONNECTIONS, Admission, fit_to_descriptors, raise_open_file_limit,
+};
+use stickyroute_relay::serve::stats::ServeStats;
 use stickyroute_relay::serve::{bind, serve};
 use stickyroute_relay::workers;
 
@@ -141,7 +146,7 @@ fn check(settings: &Settings) -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    match std::fs::read(path) {
+    match routemap::source::read_map_file(path) {
         Ok(bytes) => match RouteMap::load(&origin, &bytes) {
             Ok(map) => println!(
                 "configuration ok; route map {origin}: {} members, hash {}",
@@ -163,6 +168,8 @@ fn check(settings: &Settings) -> ExitCode {
 }
 
 async fn run(settings: Settings) -> anyhow::Result<bool> {
+    let open_files = raise_open_file_limit();
+    let max_connections = fit_to_descriptors(settings.max_connections, open_files);
     let settings = Arc::new(settings);
     let lifecycle = Arc::new(Lifecycle::default());
     let (live, _source) = start_map(&settings.routemap, settings.routemap_debounce).await?;
@@ -205,9 +212,13 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
         stickysession = %settings.sticky.describe(),
         nofailover = settings.nofailover,
         lbmethod = settings.lbmethod.as_str(),
+        max_connections,
+        open_file_limit = open_files,
         version = env!("CARGO_PKG_VERSION"),
         "stickyroute-proxy started"
     );
+    let traffic_stats = Arc::new(ServeStats::default());
+    let admin_stats = Arc::new(ServeStats::default());
     let admin = ProxyAdmin {
         settings: settings.clone(),
         balancer: balancer.clone(),
@@ -215,17 +226,21 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
         metrics: metrics.clone(),
         lifecycle: lifecycle.clone(),
         access: Access::new(settings.admin_allow.clone(), settings.admin_tokens.clone()),
+        hosts: AllowedHosts::new(settings.admin_hosts.clone()),
+        admin_stats: admin_stats.clone(),
+        traffic_stats: traffic_stats.clone(),
     };
     let grace = settings.shutdown.grace;
     let admin_task = tokio::spawn(serve(
         admin_listener,
         Arc::new(admin),
         settings.limits,
+        Admission::new(ADMIN_MAX_CONNECTIONS, admin_stats),
         lifecycle.admin_stop(),
         grace,
     ));
     // Each worker gets its own member connection pool, on its own event loop.
-    let (shared, tunnels) = (settings.clone(), lifecycle.tunnels());
+    let (shared, tunnels, stats) = (settings.clone(), lifecycle.tunnels(), traffic_stats.clone());
     let servers = workers::spawn(
         listeners,
         move |_| {
@@ -234,9 +249,11 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
                 balancer: balancer.clone(),
                 upstreams: Upstreams::new(shared.upstream, tunnels.clone()),
                 metrics: metrics.clone(),
+                stats: stats.clone(),
             })
         },
         settings.limits,
+        Admission::new(max_connections, traffic_stats),
         lifecycle.traffic_stop(),
         grace,
     )?;

@@ -4,13 +4,14 @@
 //! while its [`MemberState`] (health, counters, balancing score, operator overrides) is
 //! carried over to the new table whenever the entry's key and route are unchanged.
 
-use crate::clock::now_ms;
 use http::uri::Authority;
 use routemap::{Key, LoadFactor, RouteId, Status};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime};
 use stickyroute_relay::body::Meter;
+use stickyroute_relay::clock::now_ms;
 
 /// Runtime state of a member; shared by every table that has this member.
 #[derive(Debug)]
@@ -158,17 +159,49 @@ impl MemberState {
     }
 }
 
-impl Meter for MemberState {
+/// One request in flight on a member: counted in `busy` from its creation until the last
+/// holder drops it (the request path, the upload, the response body), so the count ends
+/// on every path, a cancelled request included (the client went away, an HTTP/2 stream
+/// was reset). It also meters the exchange's bytes, and takes the member's failures in
+/// the middle of a response body as member errors.
+#[derive(Debug)]
+pub struct InFlight {
+    member: Arc<Member>,
+    retry: Duration,
+}
+
+impl InFlight {
+    /// A request is sent to `member`; `retry` is how long a failure puts it in error.
+    pub fn start(member: &Arc<Member>, retry: Duration) -> Arc<Self> {
+        member.state.requests.fetch_add(1, Relaxed);
+        member.state.busy.fetch_add(1, Relaxed);
+        Arc::new(Self {
+            member: member.clone(),
+            retry,
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.member.state.busy.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Meter for InFlight {
     fn received(&self, bytes: u64) {
-        self.bytes_in.fetch_add(bytes, Relaxed);
+        self.member.state.bytes_in.fetch_add(bytes, Relaxed);
     }
 
     fn sent(&self, bytes: u64) {
-        self.bytes_out.fetch_add(bytes, Relaxed);
+        self.member.state.bytes_out.fetch_add(bytes, Relaxed);
     }
 
-    fn finished(&self) {
-        self.busy.fetch_sub(1, Relaxed);
+    fn failed(&self, error: &std::io::Error) {
+        let state = &self.member.state;
+        state.errors.fetch_add(1, Relaxed);
+        state.mark_error(self.retry);
+        tracing::warn!(route = %self.member.route, %error, retry = ?self.retry, "member failed in the middle of a response body; in error for the retry time");
     }
 }
 
@@ -184,7 +217,7 @@ pub struct Member {
     /// As in the map; see [`Member::loadfactor`] for the effective value.
     pub map_loadfactor: LoadFactor,
     pub map_status: Status,
-    pub state: std::sync::Arc<MemberState>,
+    pub state: Arc<MemberState>,
 }
 
 impl Member {

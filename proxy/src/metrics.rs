@@ -1,10 +1,10 @@
 //! The proxy's counters, rendered for Prometheus on scrape.
 
-use crate::clock::now_ms;
 use crate::table::MemberTable;
 use routemap::MapStatus;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use stickyroute_relay::admin::map_metrics;
+use stickyroute_relay::clock::now_ms;
 use stickyroute_relay::metrics::PromText;
 
 /// How a request's member was chosen (or why none was).

@@ -2,6 +2,7 @@
 
 use crate::body::{self, Body};
 use crate::metrics::PromText;
+use crate::serve::stats::ServeStats;
 use http::{Response, StatusCode};
 use routemap::MapStatus;
 use std::time::UNIX_EPOCH;
@@ -91,4 +92,9 @@ pub fn map_metrics(out: &mut PromText, status: &MapStatus) {
             1,
         );
     }
+}
+
+/// The traffic and admin listeners' connection counters, as both binaries export them.
+pub fn serve_metrics(out: &mut PromText, traffic: &ServeStats, admin: &ServeStats) {
+    ServeStats::render_all(out, &[("traffic", traffic), ("admin", admin)]);
 }

@@ -8,28 +8,33 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body::{Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+use tokio::time::Sleep;
 
 pub type Body = Either<Streamed, Full<Bytes>>;
 
-/// Counts what flows through a proxied exchange (per member, in the proxy).
+/// Counts what flows through a proxied exchange (per member, in the proxy). The meter is
+/// shared by the request body and the response body; when the last of them is dropped, the
+/// exchange is over (the proxy's in-flight count ends there, whatever path it took).
 pub trait Meter: Send + Sync + 'static {
     /// Request body bytes sent upstream.
     fn received(&self, bytes: u64);
     /// Response body bytes sent to the client.
     fn sent(&self, bytes: u64);
-    /// The response body is done (ended or dropped): the exchange is no longer busy.
-    fn finished(&self);
+    /// The upstream failed in the middle of the response body (it closed, broke the
+    /// framing, or went silent for the idle timeout): its fault, never the client's.
+    fn failed(&self, error: &std::io::Error);
 }
 
 /// An upstream response body on its way to the client. A meter (the proxy's per-member
-/// counters) sees its bytes and its end; its connection goes back to the pool as soon as
-/// the last byte has been read (see [`crate::upstream::pool`]).
+/// counters) sees its bytes and any failure of the upstream; its connection goes back to
+/// the pool as soon as the last byte has been read (see [`crate::upstream::pool`]).
 pub struct Streamed {
     reader: BodyReader,
     meter: Option<Arc<dyn Meter>>,
@@ -53,11 +58,16 @@ impl http_body::Body for Streamed {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let polled = self.reader.poll_frame(cx);
-        let len = data_len(&polled);
-        if len > 0
-            && let Some(meter) = &self.meter
-        {
-            meter.sent(len);
+        if let Some(meter) = &self.meter {
+            match &polled {
+                Poll::Ready(Some(Err(error))) => meter.failed(error),
+                polled => {
+                    let len = data_len(polled);
+                    if len > 0 {
+                        meter.sent(len);
+                    }
+                }
+            }
         }
         polled
     }
@@ -68,14 +78,6 @@ impl http_body::Body for Streamed {
 
     fn size_hint(&self) -> SizeHint {
         self.reader.size_hint()
-    }
-}
-
-impl Drop for Streamed {
-    fn drop(&mut self) {
-        if let Some(meter) = &self.meter {
-            meter.finished();
-        }
     }
 }
 
@@ -120,25 +122,46 @@ pub fn streamed(response: Response<Streamed>, meter: Option<Arc<dyn Meter>>) -> 
     })
 }
 
+/// Why the client's request body could not be sent on: the client's fault, never the
+/// member's.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The body broke off or its framing was invalid.
+    #[error("the request body from the client is broken: {0}")]
+    Broken(hyper::Error),
+    /// The client stopped sending the body.
+    #[error("the client sent no request body bytes for {0:?}")]
+    Stalled(Duration),
+}
+
 /// The request body as sent upstream. If the connection attempt fails before the body was
 /// touched, dropping it hands the body back (see [`OutgoingBody::guard`]), so the request
 /// can go to another upstream; once any of it was read, it is never replayed.
+///
+/// A client that stops sending its body for the idle timeout ends the upload with
+/// [`UploadError::Stalled`].
 pub struct OutgoingBody {
     inner: Option<Incoming>,
     touched: bool,
     home: Option<oneshot::Sender<Incoming>>,
     meter: Option<Arc<dyn Meter>>,
     progress: Option<Arc<Progress>>,
+    idle: Duration,
+    /// Armed while the client's body is awaited; allocated the first time it has to be.
+    stall: Option<Pin<Box<Sleep>>>,
+    armed: bool,
 }
 
-/// When an upload last moved, so that a slow upload is told from a stalled one: the
-/// response timeout counts from the last byte that moved (see `forward`), and a big upload
-/// over a slow link is not cut off as long as it keeps going.
+/// When an upload last moved and whose turn it is, so that a slow upload is told from a
+/// stalled one and a stall is blamed on the right side: the response timeout counts from
+/// the last byte that moved (see `forward`) and only while the member is the one awaited.
 pub(crate) struct Progress {
     started: Instant,
     /// Milliseconds after `started` when the last bytes were read from the client (each
     /// read waits until the previous bytes were written upstream).
     last_ms: AtomicU64,
+    /// The client's next bytes are awaited (rather than the member taking the last ones).
+    awaiting_client: AtomicBool,
 }
 
 impl Progress {
@@ -146,6 +169,7 @@ impl Progress {
         Self {
             started: Instant::now(),
             last_ms: AtomicU64::new(0),
+            awaiting_client: AtomicBool::new(false),
         }
     }
 
@@ -158,37 +182,42 @@ impl Progress {
     pub(crate) fn last(&self) -> Instant {
         self.started + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
+
+    /// Whether the upload waits for the client (whose stalls the body times itself).
+    pub(crate) fn awaiting_client(&self) -> bool {
+        self.awaiting_client.load(Ordering::Relaxed)
+    }
 }
 
 /// Where an untouched body comes back to.
 pub type Reclaim = oneshot::Receiver<Incoming>;
 
 impl OutgoingBody {
-    /// Wraps `body`. An empty body needs no way back (it can be rebuilt), so none is made.
-    pub fn guard(body: Incoming, meter: Option<Arc<dyn Meter>>) -> (Self, Option<Reclaim>) {
-        if http_body::Body::is_end_stream(&body) {
-            return (
-                Self {
-                    inner: Some(body),
-                    touched: false,
-                    home: None,
-                    meter,
-                    progress: None,
-                },
-                None,
-            );
-        }
-        let (home, reclaim) = oneshot::channel();
-        (
-            Self {
-                inner: Some(body),
-                touched: false,
-                home: Some(home),
-                meter,
-                progress: Some(Arc::new(Progress::new())),
-            },
-            Some(reclaim),
-        )
+    /// Wraps `body`; `idle` is how long the client may leave it without new bytes. An
+    /// empty body needs no way back (it can be rebuilt), so none is made.
+    pub fn guard(
+        body: Incoming,
+        meter: Option<Arc<dyn Meter>>,
+        idle: Duration,
+    ) -> (Self, Option<Reclaim>) {
+        let empty = http_body::Body::is_end_stream(&body);
+        let (home, reclaim) = if empty {
+            (None, None)
+        } else {
+            let (home, reclaim) = oneshot::channel();
+            (Some(home), Some(reclaim))
+        };
+        let body = Self {
+            inner: Some(body),
+            touched: false,
+            home,
+            meter,
+            progress: (!empty).then(|| Arc::new(Progress::new())),
+            idle,
+            stall: None,
+            armed: false,
+        };
+        (body, reclaim)
     }
 
     /// An empty body, for retrying a request that had none.
@@ -199,6 +228,9 @@ impl OutgoingBody {
             home: None,
             meter,
             progress: None,
+            idle: Duration::MAX,
+            stall: None,
+            armed: false,
         }
     }
 
@@ -206,22 +238,46 @@ impl OutgoingBody {
     pub(crate) fn progress(&self) -> Option<Arc<Progress>> {
         self.progress.clone()
     }
+
+    /// The client's bytes are awaited: an error once they have been for the idle time.
+    fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<UploadError> {
+        if !self.armed {
+            self.armed = true;
+            let deadline = tokio::time::Instant::now() + self.idle;
+            match &mut self.stall {
+                Some(stall) => stall.as_mut().reset(deadline),
+                None => self.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        match self.stall.as_mut().map(|stall| stall.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(UploadError::Stalled(self.idle)),
+            _ => Poll::Pending,
+        }
+    }
 }
 
 impl http_body::Body for OutgoingBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UploadError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UploadError>>> {
         self.touched = true;
         let this = &mut *self;
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
         let polled = Pin::new(inner).poll_frame(cx);
+        let awaiting = polled.is_pending();
+        if let Some(progress) = &this.progress {
+            progress.awaiting_client.store(awaiting, Ordering::Relaxed);
+        }
+        if awaiting {
+            return this.poll_stall(cx).map(|error| Some(Err(error)));
+        }
+        this.armed = false;
         let len = data_len(&polled);
         if len > 0 {
             if let Some(progress) = &this.progress {
@@ -231,7 +287,7 @@ impl http_body::Body for OutgoingBody {
                 meter.received(len);
             }
         }
-        polled
+        polled.map(|frame| frame.map(|result| result.map_err(UploadError::Broken)))
     }
 
     fn is_end_stream(&self) -> bool {

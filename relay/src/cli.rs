@@ -18,10 +18,8 @@ pub fn duration(text: &str) -> Result<Duration, String> {
     if let Ok(seconds) = text.parse::<u64>() {
         return Ok(Duration::from_secs(seconds));
     }
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
+    let number = text.trim_end_matches(|c: char| !c.is_ascii_digit() && c != '.');
+    let unit = text.strip_prefix(number).unwrap_or_default();
     let number: f64 = number
         .parse()
         .map_err(|_| format!("{text:?} is not a duration like 250ms, 5s or 2m"))?;
@@ -160,6 +158,14 @@ pub struct UpstreamArgs {
     /// How long an idle keep-alive connection to an upstream is kept in the pool.
     #[arg(long, value_parser = duration, default_value = "90s", value_name = "DURATION")]
     pub upstream_idle_timeout: Duration,
+    /// Once a request is under way, the longest time no byte may move where one is awaited:
+    /// a client's upload that stops gets 408, a response body the upstream stops sending or
+    /// the client stops reading ends with the client's connection.
+    #[arg(long, value_parser = duration, default_value = "60s", value_name = "DURATION")]
+    pub idle_timeout: Duration,
+    /// The longest a WebSocket (or other upgraded) connection may carry no byte either way.
+    #[arg(long, value_parser = duration, default_value = "1h", value_name = "DURATION")]
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl UpstreamArgs {
@@ -167,15 +173,18 @@ impl UpstreamArgs {
         UpstreamTimeouts {
             connect: self.connect_timeout,
             response_header: self.response_timeout,
-            idle: self.upstream_idle_timeout,
+            pool_idle: self.upstream_idle_timeout,
+            inactivity: self.idle_timeout,
+            tunnel_idle: self.tunnel_idle_timeout,
         }
     }
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ClientLimitArgs {
-    /// Time a client has to send a complete request head; also how long an idle
-    /// keep-alive client connection is kept.
+    /// Time a client has, after connecting or after its last response, to send a complete
+    /// request head; then the connection is closed (also HTTP/2 connections with no open
+    /// stream).
     #[arg(long, value_parser = duration, default_value = "10s", value_name = "DURATION")]
     pub header_read_timeout: Duration,
     /// Largest accepted request head in bytes.
@@ -184,14 +193,23 @@ pub struct ClientLimitArgs {
     /// Most header fields accepted in one request.
     #[arg(long, default_value_t = 100, value_name = "COUNT")]
     pub max_headers: usize,
+    /// Most client connections open at once on the traffic listener; more are closed at
+    /// once. Lowered to what the open file limit allows.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "COUNT")]
+    pub max_connections: usize,
 }
 
+/// The default of `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
 impl ClientLimitArgs {
-    pub fn limits(&self) -> ServerLimits {
+    /// The limits, with `idle_timeout` bounding writes to clients that stopped reading.
+    pub fn limits(&self, idle_timeout: Duration) -> ServerLimits {
         ServerLimits {
             header_read_timeout: self.header_read_timeout,
             max_header_bytes: self.max_header_bytes,
             max_headers: self.max_headers,
+            idle_timeout,
         }
     }
 }

@@ -5,21 +5,33 @@
 //! Bodies stream in both directions; nothing is buffered whole. A protocol upgrade (a
 //! WebSocket handshake) that the upstream accepts with `101` becomes a byte tunnel between
 //! the two connections, tracked so that shutdown can wait for it.
+//!
+//! Every failure says whose it is ([`ErrorSource`]): the client's (a broken or stalled
+//! upload: 400, 408), the upstream's (refused, silent, broken: 502, 504) or our own (500).
+//! Only the upstream's count against it.
 
-use crate::body::{OutgoingBody, Streamed};
+use crate::body::{OutgoingBody, Reclaim, Streamed, UploadError};
+use crate::clock::now_ms;
 use crate::headers::{self, Forwarded};
-use crate::upstream::{BodyReader, Connection, Pool, PoolError, RequestHead, ResponseHead};
+use crate::upstream::connection::ExchangeError;
+use crate::upstream::{
+    BodyReader, Connection, Pool, PoolError, PoolTimeouts, RequestHead, Requester, ResponseHead,
+};
 use http::uri::{Authority, PathAndQuery};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::task::TaskTracker;
 
-/// Timeouts towards upstreams.
+/// Timeouts of exchanges with upstreams.
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamTimeouts {
     /// TCP connect.
@@ -28,7 +40,25 @@ pub struct UpstreamTimeouts {
     /// last upload bytes that moved (see `Upstreams::exchange`).
     pub response_header: Duration,
     /// How long an unused pooled connection is kept.
-    pub idle: Duration,
+    pub pool_idle: Duration,
+    /// Once a request is under way, the longest time no byte may move where one is
+    /// awaited: the client's upload (then 408), the upstream's response body (then the
+    /// client's connection is cut).
+    pub inactivity: Duration,
+    /// The longest a WebSocket (or other upgraded) tunnel may carry no byte either way.
+    pub tunnel_idle: Duration,
+}
+
+/// Whose fault a failed exchange is. It decides the status, the log level, whether the
+/// upstream is held responsible (counted, put in error) and whether a retry may help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The client: a broken or stalled upload. Never counted against an upstream.
+    Client,
+    /// The upstream: refused, too slow, or broke the exchange.
+    Upstream,
+    /// This process: a request it could not build.
+    Internal,
 }
 
 /// Why a request could not be forwarded. The kind decides the status the client gets and
@@ -59,16 +89,33 @@ pub enum ForwardError {
     },
     #[error("{upstream} switched protocols for a request that asked for no upgrade")]
     UnaskedUpgrade { upstream: Authority },
+    /// The client's request body broke off or had invalid framing.
+    #[error("the request body from the client is broken: {0}")]
+    ClientBody(hyper::Error),
+    /// The client stopped sending its request body.
+    #[error("the client sent no request body bytes for {0:?}")]
+    ClientStalled(Duration),
     #[error("cannot build the upstream request: {0}")]
-    BadRequest(#[from] http::Error),
+    Internal(#[from] http::Error),
 }
 
 impl ForwardError {
-    /// What the client gets: 502 when the upstream failed, 504 when it was too slow.
+    pub fn source(&self) -> ErrorSource {
+        match self {
+            ForwardError::ClientBody(_) | ForwardError::ClientStalled(_) => ErrorSource::Client,
+            ForwardError::Internal(_) => ErrorSource::Internal,
+            _ => ErrorSource::Upstream,
+        }
+    }
+
+    /// What the client gets: 400 or 408 for its own upload's failure, 502 when the
+    /// upstream failed, 504 when it was too slow, 500 for our own.
     pub fn status(&self) -> StatusCode {
         match self {
             ForwardError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ForwardError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ForwardError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ForwardError::ClientStalled(_) => StatusCode::REQUEST_TIMEOUT,
+            ForwardError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -83,7 +130,7 @@ impl ForwardError {
 #[derive(Clone)]
 pub struct Upstreams {
     pool: Pool,
-    response_header: Duration,
+    timeouts: UpstreamTimeouts,
     tunnels: TaskTracker,
 }
 
@@ -104,22 +151,26 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Splits `request` into the prepared head and its body.
-    pub fn new(mut request: Request<Incoming>, origin: Origin) -> (Self, Incoming) {
+    /// Splits `request` into the prepared head and its body. `host` is the request's
+    /// validated host (see [`crate::request::check`]): it is what the upstream gets as
+    /// `Host`, whatever the client sent as that header.
+    pub fn new(
+        mut request: Request<Incoming>,
+        host: Option<HeaderValue>,
+        origin: Origin,
+    ) -> (Self, Incoming) {
         let upgrade = (request.version() == Version::HTTP_11
             && headers::wants_upgrade(request.headers()))
         .then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| authority_header(&parts.uri));
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
-        if let Some(host) = &host
-            && !parts.headers.contains_key(header::HOST)
-        {
-            parts.headers.insert(header::HOST, host.clone());
+        match &host {
+            Some(host) => {
+                parts.headers.insert(header::HOST, host.clone());
+            }
+            None => {
+                parts.headers.remove(header::HOST);
+            }
         }
         headers::add_forwarded(
             &mut parts.headers,
@@ -128,8 +179,8 @@ impl Prepared {
             host,
             origin.forwarded,
         );
-        // Origin-form target; the client's Host header is passed through as it came (or
-        // set from an HTTP/2 client's :authority), never replaced by the upstream's address.
+        // Origin-form target, whatever form the client used (an absolute-form target's
+        // authority became the Host above, as RFC 9112 §3.2.2 asks).
         let path = parts
             .uri
             .path_and_query()
@@ -145,22 +196,38 @@ impl Upstreams {
     /// `tunnels` tracks upgraded connections so that shutdown can wait for them.
     pub fn new(timeouts: UpstreamTimeouts, tunnels: TaskTracker) -> Self {
         Self {
-            pool: Pool::new(timeouts.connect, timeouts.idle),
-            response_header: timeouts.response_header,
+            pool: Pool::new(PoolTimeouts {
+                connect: timeouts.connect,
+                idle: timeouts.pool_idle,
+                body_silence: timeouts.inactivity,
+            }),
+            timeouts,
             tunnels,
         }
+    }
+
+    /// The client's request body, ready to be sent (and handed back if no connection
+    /// could be made); `meter` counts its bytes.
+    pub fn upload(
+        &self,
+        body: Incoming,
+        meter: Option<Arc<dyn crate::body::Meter>>,
+    ) -> (OutgoingBody, Option<Reclaim>) {
+        OutgoingBody::guard(body, meter, self.timeouts.inactivity)
     }
 
     /// Forwards `request` to `upstream` once, streaming both bodies.
     pub async fn forward(
         &self,
         request: Request<Incoming>,
+        host: Option<HeaderValue>,
         upstream: &Authority,
         origin: Origin,
+        requester: Requester,
     ) -> Result<Response<Streamed>, ForwardError> {
-        let (mut head, body) = Prepared::new(request, origin);
-        let (body, _) = OutgoingBody::guard(body, None);
-        self.send(&mut head, body, upstream).await
+        let (mut head, body) = Prepared::new(request, host, origin);
+        let (body, _) = self.upload(body, None);
+        self.send(&mut head, body, upstream, requester).await
     }
 
     /// Sends the prepared request to `upstream`; `head` stays usable for another attempt.
@@ -169,9 +236,16 @@ impl Upstreams {
         head: &mut Prepared,
         body: OutgoingBody,
         upstream: &Authority,
+        requester: Requester,
     ) -> Result<Response<Streamed>, ForwardError> {
         let (answer, reader) = self
-            .exchange(upstream, &head.head, body, self.response_header)
+            .exchange(
+                upstream,
+                &head.head,
+                body,
+                self.timeouts.response_header,
+                requester,
+            )
             .await?;
         let upgrading = answer.status == StatusCode::SWITCHING_PROTOCOLS;
         let reader = if upgrading {
@@ -183,8 +257,9 @@ impl Upstreams {
                 });
             };
             let name = upstream.clone();
+            let idle = self.timeouts.tunnel_idle;
             self.tunnels.spawn(async move {
-                tunnel(client_side, upstream_side, name).await;
+                tunnel(client_side, upstream_side, name, idle).await;
             });
             BodyReader::empty()
         } else {
@@ -216,7 +291,13 @@ impl Upstreams {
         );
         let request = RequestHead::encode(&Method::GET, &path, &headers, false);
         let (answer, reader) = self
-            .exchange(upstream, &request, OutgoingBody::empty(None), timeout)
+            .exchange(
+                upstream,
+                &request,
+                OutgoingBody::empty(None),
+                timeout,
+                Requester::PROBE,
+            )
             .await?;
         Ok(response(answer, Streamed::new(reader)))
     }
@@ -224,22 +305,29 @@ impl Upstreams {
     /// One request through the pool; the response head must arrive within `timeout` of
     /// the last moment anything moved: the request, or the last bytes of its upload. A
     /// big upload over a slow link therefore runs as long as it keeps moving (as Apache's
-    /// and nginx's inactivity timeouts allow), while a stalled one ends after `timeout`.
+    /// and nginx's inactivity timeouts allow). While the upload waits for the client, the
+    /// client's stall is not the upstream's: the body times it (408) and the deadline
+    /// here is put off.
     async fn exchange(
         &self,
         upstream: &Authority,
         request: &RequestHead,
         body: OutgoingBody,
         timeout: Duration,
+        requester: Requester,
     ) -> Result<(ResponseHead, BodyReader), ForwardError> {
         let progress = body.progress();
-        let sending = self.pool.send(upstream, request, body);
+        let sending = self.pool.send(upstream, request, body, requester);
         tokio::pin!(sending);
         let mut deadline = tokio::time::Instant::now() + timeout;
         let outcome = loop {
             match tokio::time::timeout_at(deadline, &mut sending).await {
                 Ok(outcome) => break outcome,
                 Err(_) => {
+                    if progress.as_ref().is_some_and(|p| p.awaiting_client()) {
+                        deadline += timeout;
+                        continue;
+                    }
                     let moved = progress.as_ref().map(|p| p.last() + timeout);
                     match moved.map(tokio::time::Instant::from_std) {
                         Some(later) if later > deadline => deadline = later,
@@ -254,6 +342,12 @@ impl Upstreams {
             }
         };
         match outcome {
+            Err(PoolError::Exchange(ExchangeError::ClientBody(UploadError::Broken(error)))) => {
+                Err(ForwardError::ClientBody(error))
+            }
+            Err(PoolError::Exchange(ExchangeError::ClientBody(UploadError::Stalled(idle)))) => {
+                Err(ForwardError::ClientStalled(idle))
+            }
             Err(source @ PoolError::Connect(_)) => Err(ForwardError::Connect {
                 upstream: upstream.clone(),
                 source,
@@ -278,15 +372,10 @@ fn response(head: ResponseHead, body: Streamed) -> Response<Streamed> {
     response
 }
 
-/// The `Host` value for an HTTP/2 request, which carries it as `:authority` in the URI.
-fn authority_header(uri: &Uri) -> Option<HeaderValue> {
-    uri.authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-}
-
 /// Copies bytes both ways between an upgraded client and upstream until either side
-/// closes. Bytes the upstream sent right after its `101` answer go to the client first.
-async fn tunnel(client: OnUpgrade, upstream: Connection, name: Authority) {
+/// closes, or no byte moved either way for `idle`. Bytes the upstream sent right after its
+/// `101` answer go to the client first.
+async fn tunnel(client: OnUpgrade, upstream: Connection, name: Authority, idle: Duration) {
     let client = match client.await {
         Ok(client) => client,
         Err(error) => {
@@ -295,15 +384,87 @@ async fn tunnel(client: OnUpgrade, upstream: Connection, name: Authority) {
         }
     };
     let mut client = TokioIo::new(client);
-    let (mut upstream, early) = upstream.into_parts();
+    let (upstream, early) = upstream.into_parts();
     if !early.is_empty()
         && let Err(error) = client.write_all(&early).await
     {
         tracing::debug!(upstream = %name, %error, "tunnel ended with an error");
         return;
     }
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((up, down)) => tracing::debug!(upstream = %name, up, down, "tunnel closed"),
-        Err(error) => tracing::debug!(upstream = %name, %error, "tunnel ended with an error"),
+    let activity = Arc::new(AtomicU64::new(now_ms()));
+    let mut client = Active::new(client, activity.clone());
+    let mut upstream = Active::new(upstream, activity.clone());
+    let copying = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    tokio::pin!(copying);
+    loop {
+        let quiet = Duration::from_millis(now_ms().saturating_sub(activity.load(Relaxed)));
+        let left = idle.saturating_sub(quiet);
+        if left.is_zero() {
+            tracing::debug!(upstream = %name, ?idle, "tunnel idle; closed");
+            return;
+        }
+        tokio::select! {
+            copied = &mut copying => {
+                match copied {
+                    Ok((up, down)) => tracing::debug!(upstream = %name, up, down, "tunnel closed"),
+                    Err(error) => tracing::debug!(upstream = %name, %error, "tunnel ended with an error"),
+                }
+                return;
+            }
+            () = tokio::time::sleep(left) => {}
+        }
+    }
+}
+
+/// One side of a tunnel, noting when bytes last moved through it.
+struct Active<T> {
+    io: T,
+    activity: Arc<AtomicU64>,
+}
+
+impl<T> Active<T> {
+    fn new(io: T, activity: Arc<AtomicU64>) -> Self {
+        Self { io, activity }
+    }
+
+    fn moved(&self) {
+        self.activity.store(now_ms(), Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Active<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.moved();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Active<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.moved();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

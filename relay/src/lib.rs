@@ -1,8 +1,9 @@
 //! The HTTP plumbing both stickyroute binaries are built on, so the proxy and the agent
 //! forward, serve and shut down the same way.
 //!
-//! - [`serve`]: the accept loop: HTTP/1.1 and HTTP/2 on one port, header limits and
-//!   timeouts, graceful connection shutdown.
+//! - [`serve`]: the accept loop: HTTP/1.1 and HTTP/2 on one port, the connection limit,
+//!   deadlines for silent and slow clients, graceful connection shutdown.
+//! - [`request`]: what a request must be before any of it is forwarded.
 //! - [`workers`]: one single-threaded event loop per core with `SO_REUSEPORT` listeners.
 //! - [`forward`]: one request to an upstream over a keep-alive pool, with protocol upgrades
 //!   (WebSocket) tunnelled.
@@ -14,16 +15,19 @@
 //! - [`admin`]: what both admin listeners serve the same way (health, map metrics).
 //! - [`metrics`]: the Prometheus text format.
 //! - [`urlencoded`]: form bodies and query strings.
+//! - [`clock`]: a cheap monotonic millisecond clock for deadlines kept in atomics.
 //! - [`cli`]: command-line options both binaries share, and logging setup.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod body;
 pub mod cli;
+pub mod clock;
 pub mod forward;
 pub mod headers;
 pub mod lifecycle;
 pub mod metrics;
+pub mod request;
 pub mod serve;
 pub mod upstream;
 pub mod urlencoded;

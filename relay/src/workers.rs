@@ -4,6 +4,7 @@
 //! crosses threads, which on a busy machine costs more than the proxying itself.
 //! Shared state (the member table, the map, counters) stays shared through `Arc`s.
 
+use crate::serve::admission::Admission;
 use crate::serve::{Handler, ServerLimits, serve};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
@@ -59,12 +60,14 @@ pub fn bind_for_workers(
 }
 
 /// Starts one thread per listener list, each serving its listeners with the handler that
-/// `make(worker)` builds on that worker's runtime. Each receiver resolves when its worker
-/// has stopped (after `stop` and the grace period), with whether it drained in time.
+/// `make(worker)` builds on that worker's runtime. `admission` (the connection limit) is
+/// shared by all of them. Each receiver resolves when its worker has stopped (after `stop`
+/// and the grace period), with whether it drained in time.
 pub fn spawn<H, F>(
     listeners: Vec<Vec<std::net::TcpListener>>,
     make: F,
     limits: ServerLimits,
+    admission: Arc<Admission>,
     stop: CancellationToken,
     grace: Duration,
 ) -> std::io::Result<Vec<oneshot::Receiver<bool>>>
@@ -76,7 +79,7 @@ where
     let mut done = Vec::new();
     for (index, listeners) in listeners.into_iter().enumerate() {
         let (tx, rx) = oneshot::channel();
-        let (make, stop) = (make.clone(), stop.clone());
+        let (make, stop, admission) = (make.clone(), stop.clone(), admission.clone());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -92,6 +95,7 @@ where
                                 listener,
                                 handler.clone(),
                                 limits,
+                                admission.clone(),
                                 stop.clone(),
                                 grace,
                             ))),

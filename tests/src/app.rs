@@ -51,13 +51,15 @@ struct State {
 pub struct TestApp {
     addr: SocketAddr,
     state: Arc<State>,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
         self.stop.send_replace(true);
     }
 }
@@ -100,8 +102,18 @@ impl TestApp {
         Self {
             addr,
             state,
-            task,
+            task: Some(task),
             stop,
+        }
+    }
+
+    /// Stops the app as a server that dies does, and returns once its listener is closed
+    /// (dropping it only starts that), so that the next connection is refused.
+    pub async fn stop(mut self) {
+        self.stop.send_replace(true);
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
         }
     }
 

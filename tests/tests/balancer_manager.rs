@@ -178,6 +178,7 @@ async fn changes_need_the_nonce_and_a_token_when_tokens_are_configured() {
         "/balancer-manager/api/members/www1",
     )
     .header("authorization", "Bearer correct-horse-battery-staple")
+    .header("content-type", "application/json")
     .body(json!({"status": "disabled"}).to_string())
     .send()
     .await;
@@ -188,6 +189,7 @@ async fn changes_need_the_nonce_and_a_token_when_tokens_are_configured() {
         "/balancer-manager/api/members/www1",
     )
     .header("authorization", "Bearer correct-horse-battery-staple")
+    .header("content-type", "application/json")
     .body(json!({"nonce": "0".repeat(32), "status": "disabled"}).to_string())
     .send()
     .await;
@@ -198,6 +200,7 @@ async fn changes_need_the_nonce_and_a_token_when_tokens_are_configured() {
         "/balancer-manager/api/members/www1",
     )
     .header("authorization", "Bearer correct-horse-battery-staple")
+    .header("content-type", "application/json")
     .body(json!({"nonce": nonce, "status": "disabled"}).to_string())
     .send()
     .await;
@@ -450,4 +453,143 @@ async fn the_page_in_a_real_browser_drains_a_member() {
         "drain"
     );
     assert_eq!(c.distribution(20).await.get("www2"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_page_cannot_drive_the_balancer_manager() {
+    let c = Cluster::seed(&["--admin-host", "admin.shop.svc"]).await;
+    let admin = c.proxy.admin;
+    let nonce = view(admin).await["nonce"].as_str().unwrap().to_owned();
+    let body = json!({"nonce": nonce, "status": "drain"}).to_string();
+    let post = |host: &str, content_type: &str| {
+        call(admin, Method::POST, "/balancer-manager/api/members/www1")
+            .host(host)
+            .header("content-type", content_type)
+            .body(body.clone())
+    };
+    // DNS rebinding: a name that resolves to the admin address, but is not its name.
+    for path in ["/balancer-manager", API] {
+        let page = get(admin, path).host("evil.example:9900").send().await;
+        assert_eq!(page.status, 421, "{path}: {}", page.text());
+        assert!(!page.text().contains(&nonce), "{path} leaked the nonce");
+    }
+    assert_eq!(
+        post("evil.example", "application/json").send().await.status,
+        421
+    );
+    // The listener's own address, localhost, loopback and --admin-host names are its names.
+    for host in [
+        admin.to_string(),
+        format!("localhost:{}", admin.port()),
+        "[::1]".to_owned(),
+        "admin.shop.svc".to_owned(),
+        "ADMIN.shop.svc.:9900".to_owned(),
+    ] {
+        assert_eq!(
+            get(admin, API).host(&host).send().await.status,
+            200,
+            "{host}"
+        );
+    }
+    // Never framed.
+    let page = get(admin, "/balancer-manager").send().await;
+    assert_eq!(page.header("x-frame-options").as_deref(), Some("DENY"));
+    assert!(
+        page.header("content-security-policy")
+            .is_some_and(|csp| csp.contains("frame-ancestors 'none'")),
+        "{:?}",
+        page.headers
+    );
+    // A cross-site "simple request" cannot carry JSON, and the form endpoint takes forms.
+    let plain = post(&admin.to_string(), "text/plain").send().await;
+    assert_eq!(plain.status, 415, "{}", plain.text());
+    let json_to_form = call(admin, Method::POST, "/balancer-manager/members/www1")
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await;
+    assert_eq!(json_to_form.status, 415, "{}", json_to_form.text());
+    // Another site's Origin or Referer is refused, even with the nonce.
+    let cross = post(&admin.to_string(), "application/json")
+        .header("origin", "http://evil.example")
+        .send()
+        .await;
+    assert_eq!(cross.status, 403, "{}", cross.text());
+    let referred = post(&admin.to_string(), "application/json")
+        .header("referer", "http://evil.example/page")
+        .send()
+        .await;
+    assert_eq!(referred.status, 403, "{}", referred.text());
+    assert_eq!(member(&view(admin).await, "www1")["status"], "enabled");
+    // The same origin is fine.
+    let same = post(&admin.to_string(), "application/json")
+        .header("origin", &format!("http://{admin}"))
+        .send()
+        .await;
+    assert_eq!(same.status, 200, "{}", same.text());
+    assert_eq!(member(&view(admin).await, "www1")["status"], "drain");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auth_scheme_is_case_insensitive() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::start("www1", "127.0.0.2").await;
+    let map = stickyroute_tests::proxy::write_map(dir.path(), &[("www1", app.addr())]);
+    let proxy = stickyroute_tests::proxy::Proxy::builder(&map)
+        .env("STICKYROUTE_ADMIN_TOKEN", "0123456789abcdef-token")
+        .start();
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let reply = get(proxy.admin, API)
+            .header("authorization", &format!("{scheme} 0123456789abcdef-token"))
+            .send()
+            .await;
+        assert_eq!(reply.status, 200, "{scheme}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_report_cannot_break_the_page() {
+    let app = TestApp::start("www1", "127.0.0.2").await;
+    let agent = stickyroute_tests::raw::RawBackend::start("127.0.0.2", |mut conn| async move {
+        while conn.read_head().await.is_some() {
+            let body = "{\"map\":{\"hash\":\"ééééééééééééééé\",\"generation\":1}}";
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if !conn.write(reply.as_bytes()).await {
+                return;
+            }
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let map = stickyroute_tests::proxy::write_map(dir.path(), &[("www1", app.addr())]);
+    let proxy = stickyroute_tests::proxy::Proxy::builder(&map)
+        .args(&[
+            "--agent-admin-port",
+            &agent.addr().port().to_string(),
+            "--agent-poll-interval",
+            "100ms",
+        ])
+        .start();
+    proxy.wait_members(1).await;
+    let report = stickyroute_tests::eventually_async(
+        "the agent's report",
+        stickyroute_tests::PATIENCE,
+        || async {
+            let view = get(proxy.admin, API).try_send().await.ok()?.json();
+            let agent = member(&view, "www1")["agent"].clone();
+            (!agent.is_null()).then_some(agent)
+        },
+    )
+    .await;
+    assert!(report["map_hash"].is_null(), "{report}");
+    assert!(
+        report["error"].as_str().is_some_and(|e| e.contains("hash")),
+        "{report}"
+    );
+    let page = get(proxy.admin, "/balancer-manager").send().await;
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("www1"));
 }

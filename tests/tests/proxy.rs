@@ -122,7 +122,7 @@ async fn nofailover_gives_503_to_the_dead_members_sessions_only_and_recovers_aft
     let mut c = Cluster::seed(&["--nofailover", "--retry", "1s"]).await;
     let www2 = c.apps.remove("www2").unwrap();
     let addr = www2.addr();
-    drop(www2);
+    www2.stop().await;
     let dead = get(c.proxy.addr, "/")
         .header("cookie", "balanceid=route.www2")
         .send()
@@ -161,7 +161,7 @@ async fn nofailover_gives_503_to_the_dead_members_sessions_only_and_recovers_aft
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_nofailover_a_dead_members_session_fails_over() {
     let mut c = Cluster::seed(&[]).await;
-    drop(c.apps.remove("www2"));
+    c.apps.remove("www2").unwrap().stop().await;
     for _ in 0..5 {
         let (status, app) = c.answer(Some("balanceid=route.www2")).await;
         assert_eq!(status, 200);
@@ -178,7 +178,7 @@ async fn without_nofailover_a_dead_members_session_fails_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_is_retried_elsewhere_only_when_the_connection_failed() {
     let mut c = Cluster::start(&[("www1", "127.0.0.2", 1), ("www2", "127.0.0.3", 1)], &[]).await;
-    drop(c.apps.remove("www1"));
+    c.apps.remove("www1").unwrap().stop().await;
     for _ in 0..4 {
         let reply = stickyroute_tests::client::call(c.proxy.addr, http::Method::POST, "/upload")
             .body("0123456789")
@@ -643,7 +643,7 @@ async fn active_health_checks_take_a_failing_member_out_and_back() {
     )
     .await;
     let addr = c.apps["www2"].addr();
-    drop(c.apps.remove("www2"));
+    c.apps.remove("www2").unwrap().stop().await;
     let deadline = Instant::now() + PATIENCE;
     loop {
         let status = c.status().await;
@@ -734,9 +734,13 @@ async fn a_second_proxy_on_the_same_port_fails_instead_of_sharing_traffic() {
 /// nginx's inactivity timeouts do: an upload that takes longer than the timeout but keeps
 /// moving reaches the app whole, and one that stalls ends with 504 after the timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_upload_outlives_the_response_timeout_and_a_stalled_one_does_not() {
+async fn a_slow_upload_outlives_the_response_timeout_and_a_stalled_one_gets_408() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let c = Cluster::start(&[("www1", "127.0.0.2", 1)], &["--response-timeout", "1s"]).await;
+    let c = Cluster::start(
+        &[("www1", "127.0.0.2", 1)],
+        &["--response-timeout", "1s", "--idle-timeout", "1s"],
+    )
+    .await;
     let head =
         "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n";
 
@@ -768,10 +772,15 @@ async fn a_slow_upload_outlives_the_response_timeout_and_a_stalled_one_does_not(
         .await
         .expect("an answer while the upload is stalled")
         .unwrap();
-    assert_eq!(&answer, b"HTTP/1.1 504");
+    assert_eq!(
+        &answer, b"HTTP/1.1 408",
+        "the client's stall, not the member's"
+    );
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
-        "504 after the 1 s timeout, not {waited:?}"
+        "408 after the 1 s idle timeout, not {waited:?}"
     );
+    let status = c.status().await;
+    assert_eq!(status["members"][0]["errors"], 0, "{status}");
 }

@@ -208,7 +208,7 @@ async fn the_blogs_setup_keeps_every_session_on_its_server_and_changes_live() {
 
     // 4. Alice's server dies: 503 for her (nofailover), never another server that does
     //    not know her session; users of the other servers are unaffected.
-    drop(seed.apps.remove(&home));
+    seed.apps.remove(&home).unwrap().stop().await;
     drop(seed.agents.remove(&home));
     let refused = seed.visit(&mut alice, "/").await;
     assert_eq!(refused.status, 503);

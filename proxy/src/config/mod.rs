@@ -47,6 +47,10 @@ pub enum ConfigError {
     MemberPort,
     #[error("--admin-allow {0}")]
     AdminAllow(String),
+    #[error("--admin-host {0:?} is not a host name or address")]
+    AdminHost(String),
+    #[error("--max-connections must be at least 1")]
+    MaxConnections,
     #[error("{0}")]
     Tokens(String),
 }
@@ -82,6 +86,11 @@ pub struct Settings {
     pub limits: ServerLimits,
     pub admin_listen: SocketAddr,
     pub admin_allow: Vec<Cidr>,
+    /// Names the balancer-manager answers to, besides its address, localhost and loopback.
+    pub admin_hosts: Vec<String>,
+    /// Client connections the traffic listeners hold at once (before fitting it to the
+    /// open file limit at start).
+    pub max_connections: usize,
     pub admin_tokens: Vec<Token>,
     pub agent_admin_port: Option<u16>,
     pub agent_poll_interval: Duration,
@@ -126,6 +135,21 @@ impl ProxyOptions {
                 .collect::<Result<Vec<Cidr>, String>>()
                 .map_err(ConfigError::AdminAllow)?
         };
+        let admin_hosts = self
+            .admin_host
+            .iter()
+            .map(|name| {
+                crate::manager::hosts::normalize(name)
+                    .ok_or_else(|| ConfigError::AdminHost(name.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let max_connections = self
+            .max_connections
+            .unwrap_or(stickyroute_relay::cli::DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(ConfigError::MaxConnections);
+        }
+        let idle_timeout = self.idle_timeout.unwrap_or(Duration::from_secs(60));
         let admin_tokens = load_tokens(self.admin_token_file.as_deref(), env_token)
             .map_err(ConfigError::Tokens)?;
         let routemap = map_location(
@@ -204,19 +228,26 @@ impl ProxyOptions {
             upstream: UpstreamTimeouts {
                 connect: self.connect_timeout.unwrap_or(Duration::from_secs(5)),
                 response_header: self.response_timeout.unwrap_or(Duration::from_secs(60)),
-                idle: self
+                pool_idle: self
                     .upstream_idle_timeout
                     .unwrap_or(Duration::from_secs(90)),
+                inactivity: idle_timeout,
+                tunnel_idle: self
+                    .tunnel_idle_timeout
+                    .unwrap_or(Duration::from_secs(3600)),
             },
             limits: ServerLimits {
                 header_read_timeout: self.header_read_timeout.unwrap_or(Duration::from_secs(10)),
                 max_header_bytes: self.max_header_bytes.unwrap_or(64 * 1024),
                 max_headers: self.max_headers.unwrap_or(100),
+                idle_timeout,
             },
+            max_connections,
             admin_listen: self
                 .admin_listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9900))),
             admin_allow,
+            admin_hosts,
             admin_tokens,
             agent_admin_port: self.agent_admin_port,
             agent_poll_interval: self.agent_poll_interval.unwrap_or(Duration::from_secs(10)),
@@ -235,13 +266,14 @@ impl ProxyOptions {
 /// Empty, or DNS labels each preceded by a `.`: the suffix is appended literally
 /// (`web-0` + `.web.shop.svc.cluster.local`), so the leading dot is required.
 fn is_domain_suffix(suffix: &str) -> bool {
-    suffix.is_empty()
-        || (suffix.len() <= 253
-            && suffix.starts_with('.')
-            && suffix[1..].trim_end_matches('.').split('.').all(|label| {
-                (1..=63).contains(&label.len())
-                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            }))
+    let Some(name) = suffix.strip_prefix('.') else {
+        return suffix.is_empty();
+    };
+    suffix.len() <= 253
+        && name.trim_end_matches('.').split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
 }
 
 #[cfg(test)]

@@ -161,8 +161,20 @@ pub struct ProxyOptions {
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     #[serde(deserialize_with = "de_duration")]
     pub upstream_idle_timeout: Option<Duration>,
-    /// Time a client has to send a complete request head; idle keep-alive client
-    /// connections close after it too. Default 10s.
+    /// Once a request is under way, the longest time no byte may move where one is
+    /// awaited: a client's upload that stops gets 408, a response body the member stops
+    /// sending or the client stops reading ends with the client's connection. Default 60s.
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// The longest a WebSocket (or other upgraded) connection may carry no byte either
+    /// way. Default 1h.
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    #[serde(deserialize_with = "de_duration")]
+    pub tunnel_idle_timeout: Option<Duration>,
+    /// Time a client has, after connecting or after its last response, to send a complete
+    /// request head; then the connection is closed (HTTP/2 connections with no open stream
+    /// too). Default 10s.
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     #[serde(deserialize_with = "de_duration")]
     pub header_read_timeout: Option<Duration>,
@@ -172,6 +184,10 @@ pub struct ProxyOptions {
     /// Most header fields in one request. Default 100.
     #[arg(long, value_name = "COUNT")]
     pub max_headers: Option<usize>,
+    /// Most client connections open at once on the traffic listeners; more are closed at
+    /// once. Lowered to what the open file limit allows. Default 10000.
+    #[arg(long, value_name = "COUNT")]
+    pub max_connections: Option<usize>,
 
     /// Address of the admin endpoints (/healthz, /readyz, /metrics, /status).
     /// Default 127.0.0.1:9900.
@@ -181,6 +197,12 @@ pub struct ProxyOptions {
     /// loopback only. (/healthz, /readyz, /metrics and /status are not restricted.)
     #[arg(long, value_delimiter = ',', value_name = "CIDR")]
     pub admin_allow: Vec<String>,
+    /// A name the balancer-manager may be reached by (a Service name, say), besides the
+    /// admin listener's address, localhost and loopback addresses; repeatable. Requests
+    /// naming any other host are refused, so that a web page cannot reach the
+    /// balancer-manager through a name of its own (DNS rebinding).
+    #[arg(long, value_delimiter = ',', value_name = "NAME")]
+    pub admin_host: Vec<String>,
     /// A file of balancer-manager tokens, one `NAME:SECRET` per line; when tokens are
     /// configured (here or in the STICKYROUTE_ADMIN_TOKEN environment variable) every
     /// balancer-manager request needs one. Never give a token on the command line.
@@ -299,11 +321,15 @@ impl ProxyOptions {
             connect_timeout: self.connect_timeout.or(file.connect_timeout),
             response_timeout: self.response_timeout.or(file.response_timeout),
             upstream_idle_timeout: self.upstream_idle_timeout.or(file.upstream_idle_timeout),
+            idle_timeout: self.idle_timeout.or(file.idle_timeout),
+            tunnel_idle_timeout: self.tunnel_idle_timeout.or(file.tunnel_idle_timeout),
             header_read_timeout: self.header_read_timeout.or(file.header_read_timeout),
             max_header_bytes: self.max_header_bytes.or(file.max_header_bytes),
             max_headers: self.max_headers.or(file.max_headers),
+            max_connections: self.max_connections.or(file.max_connections),
             admin_listen: self.admin_listen.or(file.admin_listen),
             admin_allow: list(self.admin_allow, file.admin_allow),
+            admin_host: list(self.admin_host, file.admin_host),
             admin_token_file: self.admin_token_file.or(file.admin_token_file),
             agent_admin_port: self.agent_admin_port.or(file.agent_admin_port),
             agent_poll_interval: self.agent_poll_interval.or(file.agent_poll_interval),

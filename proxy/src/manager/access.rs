@@ -210,11 +210,18 @@ impl Access {
     }
 }
 
+/// The secret in an `Authorization` header; the scheme is case-insensitive (RFC 9110
+/// §11.1), so `bearer` and `BASIC` work as well.
 fn presented_secret(header: &str) -> Option<String> {
-    if let Some(secret) = header.strip_prefix("Bearer ") {
-        return Some(secret.trim().to_owned());
+    let (scheme, credentials) = header.trim().split_once(' ')?;
+    let credentials = credentials.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(credentials.to_owned());
     }
-    let encoded = header.strip_prefix("Basic ")?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let encoded = credentials;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .ok()?;

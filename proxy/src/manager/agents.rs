@@ -1,6 +1,10 @@
 //! Map convergence: the proxy reads every member's agent `/status` (on the member's address
 //! and `--agent-admin-port`) so the balancer-manager can show which map hash each agent runs
 //! and mark the ones that differ from the proxy's.
+//!
+//! Each read has a deadline for the whole answer, head and body: an agent that accepts and
+//! then stalls gets an error report, and the next round starts on time for every other
+//! agent. What an agent reports is checked before it is shown (a hash is 64 hex digits).
 
 use crate::balancer::Balancer;
 use crate::member::{AgentReport, wall_ms};
@@ -12,6 +16,9 @@ use stickyroute_relay::forward::Upstreams;
 
 /// Largest `/status` body read from an agent.
 const MAX_STATUS_BYTES: usize = 256 * 1024;
+
+/// The longest one agent's `/status` may take, whole.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub async fn poll(balancer: Arc<Balancer>, upstreams: Upstreams, port: u16, interval: Duration) {
     let mut ticks = tokio::time::interval(interval);
@@ -27,8 +34,16 @@ pub async fn poll(balancer: Arc<Balancer>, upstreams: Upstreams, port: u16, inte
                 Authority::try_from(format!("{}", std::net::SocketAddr::new(address.ip(), port)))
                     .ok()?;
             let upstreams = &upstreams;
+            // Within the interval too, so that a round never runs into the next one.
+            let deadline = STATUS_TIMEOUT.min(interval);
             Some(async move {
-                let report = read_status(upstreams, &authority).await;
+                let report = tokio::time::timeout(deadline, read_status(upstreams, &authority))
+                    .await
+                    .unwrap_or_else(|_| {
+                        failed(format!(
+                            "{authority}/status did not answer within {deadline:?}"
+                        ))
+                    });
                 member.state.agent.store(Some(Arc::new(report)));
             })
         });
@@ -36,17 +51,17 @@ pub async fn poll(balancer: Arc<Balancer>, upstreams: Upstreams, port: u16, inte
     }
 }
 
-async fn read_status(upstreams: &Upstreams, agent: &Authority) -> AgentReport {
-    let failed = |error: String| AgentReport {
+fn failed(error: String) -> AgentReport {
+    AgentReport {
         map_hash: None,
         map_generation: None,
         error: Some(error),
         at_ms: wall_ms(),
-    };
-    let response = match upstreams
-        .get(agent, "/status", Duration::from_secs(2))
-        .await
-    {
+    }
+}
+
+async fn read_status(upstreams: &Upstreams, agent: &Authority) -> AgentReport {
+    let response = match upstreams.get(agent, "/status", STATUS_TIMEOUT).await {
         Ok(response) => response,
         Err(error) => return failed(error.to_string()),
     };
@@ -60,15 +75,36 @@ async fn read_status(upstreams: &Upstreams, agent: &Authority) -> AgentReport {
         Ok(body) => body.to_bytes(),
         Err(error) => return failed(format!("reading {agent}/status: {error}")),
     };
-    match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(status) => AgentReport {
-            map_hash: status["map"]["hash"].as_str().map(str::to_owned),
+    let status = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(status) => status,
+        Err(error) => return failed(format!("{agent}/status is not JSON: {error}")),
+    };
+    match &status["map"]["hash"] {
+        serde_json::Value::Null => failed("the agent has no map loaded".to_owned()),
+        serde_json::Value::String(hash) if is_map_hash(hash) => AgentReport {
+            map_hash: Some(hash.clone()),
             map_generation: status["map"]["generation"].as_u64(),
-            error: status["map"]["hash"]
-                .is_null()
-                .then(|| "the agent has no map loaded".to_owned()),
+            error: None,
             at_ms: wall_ms(),
         },
-        Err(error) => failed(format!("{agent}/status is not JSON: {error}")),
+        _ => failed(format!(
+            "{agent}/status reports a map hash that is not 64 hex digits"
+        )),
+    }
+}
+
+/// A route map hash as every component shows it: SHA-256 in lower-case hex.
+fn is_map_hash(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_real_hashes_are_taken() {
+        assert!(super::is_map_hash(&"a1".repeat(32)));
+        assert!(!super::is_map_hash(&"é".repeat(32)));
+        assert!(!super::is_map_hash("abc"));
+        assert!(!super::is_map_hash(&"A1".repeat(32)));
     }
 }

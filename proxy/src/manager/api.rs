@@ -1,13 +1,13 @@
 //! The balancer-manager's data: what it shows, and the changes it makes.
 
 use crate::admin::{BalancerInfo, MemberInfo};
-use crate::clock::now_ms;
 use crate::manager::access::Who;
 use crate::member::{AgentReport, Member};
 use crate::table::MemberTable;
 use routemap::{LoadFactor, MapStatus, Status};
 use serde::Serialize;
 use std::collections::HashMap;
+use stickyroute_relay::clock::now_ms;
 use stickyroute_relay::urlencoded;
 
 /// Everything the page and `GET /balancer-manager/api/` show.

@@ -7,17 +7,25 @@
 //!
 //! Changes are overrides on top of the route map: kept across map reloads while the
 //! member's key and route are unchanged, gone with the member, removable by "reset".
+//!
+//! Every answer here names its host and cannot be framed; changes take only their own
+//! content type (a cross-site form can send neither JSON nor, without the nonce, a change)
+//! from the same origin (see [`hosts`] and [`access`]).
 
 pub mod access;
 pub mod agents;
 pub mod api;
+pub mod hosts;
 pub mod page;
 
 use crate::admin::ProxyAdmin;
 use access::Denied;
 use api::{Change, ManagedMember, View};
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
+use http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HOST, LOCATION, ORIGIN, REFERER,
+    WWW_AUTHENTICATE, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -29,6 +37,15 @@ const MAX_BODY: usize = 16 * 1024;
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     body::json(status, &serde_json::json!({ "error": message.into() }))
+}
+
+/// Whether the request's `Content-Type` is `wanted` (parameters such as a charset aside).
+fn has_content_type(headers: &http::HeaderMap, wanted: &str) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(wanted))
 }
 
 impl ProxyAdmin {
@@ -53,6 +70,32 @@ impl ProxyAdmin {
 
     /// Serves every `/balancer-manager` path.
     pub async fn manager(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let mut response = self.manage(request, conn).await;
+        let headers = response.headers_mut();
+        headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        headers.insert(
+            CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+            ),
+        );
+        headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        // The page carries the nonce: never kept by a cache.
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+
+    async fn manage(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        if !self
+            .hosts
+            .allows(request.headers().get(HOST), conn.local.ip())
+        {
+            tracing::warn!(client = %conn.remote.ip(), host = ?request.headers().get(HOST), "balancer-manager refused: the Host is not one of its names (add it with --admin-host)");
+            return error(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this Host is not a name of the balancer-manager; add it with --admin-host",
+            );
+        }
         let who = match self.access.check(conn.remote.ip(), request.headers()) {
             Ok(who) => who,
             Err(Denied::Address) => {
@@ -102,6 +145,26 @@ impl ProxyAdmin {
                     } else {
                         return error(StatusCode::NOT_FOUND, "no such balancer-manager path");
                     };
+                let headers = request.headers();
+                if !hosts::same_origin(headers.get(HOST), headers.get(ORIGIN), headers.get(REFERER))
+                {
+                    tracing::warn!(%who, member = route, origin = ?headers.get(ORIGIN), referer = ?headers.get(REFERER), "balancer-manager change refused: sent from another site");
+                    return error(
+                        StatusCode::FORBIDDEN,
+                        "changes are accepted only from the balancer-manager's own pages",
+                    );
+                }
+                let wanted = if form {
+                    "application/x-www-form-urlencoded"
+                } else {
+                    "application/json"
+                };
+                if !has_content_type(headers, wanted) {
+                    return error(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        format!("send the change as {wanted}"),
+                    );
+                }
                 self.change(request, &route, form, &who).await
             }
             (_, "/balancer-manager" | "/balancer-manager/api") => error(
@@ -119,21 +182,25 @@ impl ProxyAdmin {
         form: bool,
         who: &access::Who,
     ) -> Response<Body> {
-        let is_form = request
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
-        let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
-            Ok(body) => body.to_bytes(),
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot read the request body: {e}"),
-                );
-            }
-        };
-        let parsed = if is_form {
+        // A small body, due as promptly as a request head.
+        let reading = Limited::new(request.into_body(), MAX_BODY).collect();
+        let body =
+            match tokio::time::timeout(self.settings.limits.header_read_timeout, reading).await {
+                Ok(Ok(body)) => body.to_bytes(),
+                Ok(Err(e)) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("cannot read the request body: {e}"),
+                    );
+                }
+                Err(_) => {
+                    return error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "the request body did not arrive",
+                    );
+                }
+            };
+        let parsed = if form {
             Change::from_form(&body)
         } else {
             Change::from_json(&body)

@@ -113,18 +113,16 @@ fn member_row(h: &mut String, m: &ManagedMember, nonce: &str, agents_polled: boo
         if i.healthy { "ok" } else { "in error" },
         time(i.health_since_ms)
     );
+    // The first 12 characters of the agent's hash (characters, not bytes).
+    let short = |hash: Option<&str>| -> String { hash.unwrap_or("").chars().take(12).collect() };
     let agent = match (&m.agent, m.agent_map_matches) {
         (_, Some(true)) => format!(
             "<td class=\"ok\">✔ {}</td>",
-            esc(m
-                .agent
-                .as_ref()
-                .and_then(|a| a.map_hash.as_deref())
-                .map_or("", |s| &s[..12.min(s.len())]))
+            esc(&short(m.agent.as_ref().and_then(|a| a.map_hash.as_deref())))
         ),
         (Some(a), Some(false)) => format!(
             "<td class=\"bad agent-mismatch\">✘ different map: {}</td>",
-            esc(a.map_hash.as_deref().map_or("", |s| &s[..12.min(s.len())]))
+            esc(&short(a.map_hash.as_deref()))
         ),
         (Some(a), None) => format!(
             "<td class=\"bad\">? {}</td>",

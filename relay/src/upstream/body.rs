@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use std::io;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 pub struct BodyReader {
     /// `None` once the body has ended (the connection went home or was closed).
@@ -16,6 +17,8 @@ pub struct BodyReader {
     decoder: Decoder,
     /// Where a connection that may carry another request goes when the body is done.
     home: Option<Home>,
+    /// How long the upstream may leave an awaited body without bytes.
+    silence: Duration,
 }
 
 enum Decoder {
@@ -27,7 +30,12 @@ enum Decoder {
 }
 
 impl BodyReader {
-    pub(super) fn new(conn: Connection, framing: ResponseFraming, home: Option<Home>) -> Self {
+    pub(super) fn new(
+        conn: Connection,
+        framing: ResponseFraming,
+        home: Option<Home>,
+        silence: Duration,
+    ) -> Self {
         let decoder = match framing {
             ResponseFraming::Empty => Decoder::Length(0),
             ResponseFraming::Length(n) => Decoder::Length(n),
@@ -38,6 +46,7 @@ impl BodyReader {
             conn: Some(conn),
             decoder,
             home,
+            silence,
         };
         if matches!(reader.decoder, Decoder::Length(0)) {
             reader.finish();
@@ -51,6 +60,7 @@ impl BodyReader {
             conn: None,
             decoder: Decoder::Length(0),
             home: None,
+            silence: Duration::MAX,
         }
     }
 
@@ -60,6 +70,7 @@ impl BodyReader {
             conn: Some(conn),
             decoder: Decoder::Upgraded,
             home: None,
+            silence: Duration::MAX,
         }
     }
 
@@ -113,7 +124,7 @@ impl BodyReader {
                     }
                 }
             }
-            match conn.poll_read_more(cx) {
+            match conn.poll_read_more(cx, self.silence) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) if matches!(self.decoder, Decoder::UntilClose) => {
                     self.conn = None;
@@ -147,10 +158,11 @@ impl BodyReader {
     }
 
     /// The body is complete: the connection goes home if it may carry another request
-    /// and nothing beyond this response was read from it.
+    /// and nothing beyond this response has arrived on it (bytes no request asked for
+    /// would be taken for the next request's answer; see [`super::pool`]).
     fn finish(&mut self) {
         if let (Some(conn), Some(home)) = (self.conn.take(), self.home.take())
-            && conn.buf.is_empty()
+            && !conn.has_unasked_bytes()
         {
             home.give(conn);
         }

@@ -4,16 +4,17 @@
 //! task fed through channels, and wrote with `writev`).
 
 use super::head::{self, HeadError, RequestFraming, RequestHead, ResponseHead};
-use crate::body::OutgoingBody;
+use crate::body::{OutgoingBody, UploadError};
 use bytes::{BufMut, BytesMut};
 use http::StatusCode;
 use http_body_util::BodyExt;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 /// Smallest and largest read: reads start small (most responses are) and double while
 /// they fill the space offered, for large bodies.
@@ -35,8 +36,9 @@ pub enum ExchangeError {
     Head(#[from] HeadError),
     #[error("{0}")]
     Io(io::Error),
-    #[error("reading the request body from the client failed: {0}")]
-    ClientBody(hyper::Error),
+    /// The client's side of the upload failed: never the upstream's fault.
+    #[error(transparent)]
+    ClientBody(UploadError),
 }
 
 impl ExchangeError {
@@ -55,6 +57,12 @@ pub struct Connection {
     stream: TcpStream,
     pub(super) buf: BytesMut,
     read_size: usize,
+    /// The client connection that last used it (see [`super::pool`]).
+    pub(super) owner: u64,
+    /// Times silence in the middle of a response body (see [`Self::poll_read_more`]);
+    /// allocated the first time a body has to wait, then reused for the connection's life.
+    silence: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
 }
 
 impl Connection {
@@ -73,6 +81,9 @@ impl Connection {
             stream,
             buf: BytesMut::new(),
             read_size: MIN_READ,
+            owner: 0,
+            silence: None,
+            waiting: false,
         })
     }
 
@@ -147,17 +158,47 @@ impl Connection {
         }
     }
 
-    /// Reads more bytes into the buffer; `Ok(0)` is end of file.
-    pub(super) fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    /// Reads more bytes into the buffer; `Ok(0)` is end of file. Fails with `TimedOut`
+    /// once the upstream has sent nothing for `silence` while bytes are awaited: a member
+    /// that sends its head and then stalls must not hold the client, the connection and
+    /// its busy count forever. Only time spent waiting counts: a body the client reads
+    /// slowly is read slowly here too, and bytes that arrived meanwhile are taken first.
+    pub(super) fn poll_read_more(
+        &mut self,
+        cx: &mut Context<'_>,
+        silence: Duration,
+    ) -> Poll<io::Result<usize>> {
         self.buf.reserve(self.read_size);
         let offered = self.buf.capacity() - self.buf.len();
         let polled = tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf);
-        if let Poll::Ready(Ok(n)) = polled
-            && n == offered
-        {
-            self.read_size = (self.read_size * 2).min(MAX_READ);
+        match polled {
+            Poll::Pending => {}
+            Poll::Ready(result) => {
+                self.waiting = false;
+                if let Ok(n) = result
+                    && n == offered
+                {
+                    self.read_size = (self.read_size * 2).min(MAX_READ);
+                }
+                return Poll::Ready(result);
+            }
         }
-        polled
+        if !self.waiting {
+            self.waiting = true;
+            let deadline = Instant::now() + silence;
+            match &mut self.silence {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.silence = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        let Some(timer) = self.silence.as_mut() else {
+            return Poll::Pending;
+        };
+        ready!(timer.as_mut().poll(cx));
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the upstream sent nothing for {silence:?} in the middle of the response body"),
+        )))
     }
 
     /// Lets go of a large read buffer (grown for a big body) before the connection waits
@@ -172,6 +213,12 @@ impl Connection {
     /// The socket and the bytes already read from it (a tunnel starts with those).
     pub fn into_parts(self) -> (TcpStream, BytesMut) {
         (self.stream, self.buf)
+    }
+
+    /// Whether the upstream sent anything after the response that was just read to its
+    /// end: bytes no request asked for (see [`super::pool`]).
+    pub(super) fn has_unasked_bytes(&self) -> bool {
+        !self.buf.is_empty() || !self.is_reusable()
     }
 }
 
@@ -205,7 +252,7 @@ async fn read_head<R: AsyncRead + Unpin>(
 }
 
 enum SendError {
-    Client(hyper::Error),
+    Client(UploadError),
     Upstream(io::Error),
 }
 

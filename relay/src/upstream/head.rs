@@ -175,7 +175,9 @@ pub fn parse_response(
         headers.append(name, value);
     }
     let framing = framing(status, head_method, &mut headers)?;
-    let keep_alive = keeps_alive(version, &headers) && framing != ResponseFraming::UntilClose;
+    let keep_alive = keeps_alive(version, &headers)
+        && framing != ResponseFraming::UntilClose
+        && !(framing == ResponseFraming::Empty && announces_body(&headers));
     Ok(Some(ResponseHead {
         status,
         headers,
@@ -240,6 +242,18 @@ fn framing(
         }
     }
     Ok(length.map_or(ResponseFraming::UntilClose, ResponseFraming::Length))
+}
+
+/// Whether a head that carries no body (an answer to `HEAD`, a `204`, a `304`) still
+/// announces one: a length other than 0, or a transfer coding. Such an answer is legal,
+/// but a member that means it may send the body anyway, and those bytes would be taken for
+/// the next request's answer; its connection is therefore not reused.
+fn announces_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes().iter().any(|b| (b'1'..=b'9').contains(b)))
 }
 
 /// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 only when told `keep-alive`.
@@ -350,6 +364,13 @@ mod tests {
         let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n");
         let to_head = parse_response(&mut buf, true).unwrap().unwrap();
         assert_eq!(to_head.framing, ResponseFraming::Empty);
+        assert!(!to_head.keep_alive, "announced a body it does not carry");
+        let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        assert!(parse_response(&mut buf, true).unwrap().unwrap().keep_alive);
+        assert!(
+            head("HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n").keep_alive,
+            "a 304 without a length is reused"
+        );
         assert_eq!(
             head("HTTP/1.1 200 OK\r\nContent-Length: 4, 4\r\nContent-Length: 4\r\n\r\n").framing,
             ResponseFraming::Length(4)

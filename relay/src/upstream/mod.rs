@@ -21,7 +21,7 @@ pub mod pool;
 pub use body::BodyReader;
 pub use connection::{Connection, ExchangeError};
 pub use head::{RequestHead, ResponseHead};
-pub use pool::{Pool, PoolError};
+pub use pool::{Pool, PoolError, PoolTimeouts, Requester};
 
 #[cfg(test)]
 mod tests;

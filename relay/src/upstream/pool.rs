@@ -7,6 +7,29 @@
 //! [`Connection::is_reusable`]); one that the upstream closed just as the request went out
 //! fails without any answer, and a request that may be repeated (idempotent, no body) is
 //! then sent once more, on a fresh connection, as browsers and other proxies do.
+//!
+//! # Which connection a request may use
+//!
+//! HTTP/1.1 has no request ids: whatever bytes come back on a connection are taken as the
+//! answer to the request sent on it. A member that sends bytes after a complete response (a
+//! body to a `HEAD`, more than its `Content-Length`, a second response) hands them to the
+//! *next* request on that connection, which would be another client's. Checking for
+//! unread bytes when a connection is returned and again when it is taken catches bytes that
+//! have arrived by then; bytes that arrive a moment later, after the next request went
+//! out, cannot be told from its answer. So reuse is limited by who a connection served:
+//!
+//! - a client connection's **first request** never gets a connection another client
+//!   connection used; it opens its own (HAProxy's `http-reuse safe` rule). A new client,
+//!   the usual target of such an attack and the usual victim of a misbehaving member,
+//!   therefore only ever sees its own exchanges;
+//! - later requests take an idle connection **their own client connection** used before
+//!   when there is one, and any idle connection otherwise;
+//! - a connection whose answer announced a body it did not carry (`HEAD`, `204`, `304`
+//!   with a length or chunked coding) is not reused at all: that is where late bytes come
+//!   from most often.
+//!
+//! The cost is one connection per new client connection to each member it reaches; clients
+//! that keep their connection alive (browsers, API clients) pay it once.
 
 use super::body::BodyReader;
 use super::connection::{Connection, ExchangeError};
@@ -22,6 +45,10 @@ use std::time::{Duration, Instant};
 /// Most idle connections kept per upstream and worker; more are closed when returned.
 const MAX_IDLE_PER_UPSTREAM: usize = 512;
 
+/// How deep into an upstream's idle connections a request looks for one its own client
+/// connection used (the most recently returned are on top).
+const OWN_SEARCH_DEPTH: usize = 16;
+
 /// Why no response came back.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -33,6 +60,33 @@ pub enum PoolError {
     Exchange(#[from] ExchangeError),
 }
 
+/// On whose behalf a request goes upstream, for the reuse rules above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requester {
+    /// The client connection (unique in the process; 0 for the proxy's own probes).
+    pub conn: u64,
+    /// Its first request: it gets a connection no other client connection used.
+    pub first: bool,
+}
+
+impl Requester {
+    /// Health checks and status polls: their pool serves nobody else.
+    pub const PROBE: Requester = Requester {
+        conn: 0,
+        first: false,
+    };
+}
+
+/// Timing of one pool.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolTimeouts {
+    pub connect: Duration,
+    /// How long an unused connection is kept.
+    pub idle: Duration,
+    /// How long an upstream may leave an awaited response body without bytes.
+    pub body_silence: Duration,
+}
+
 #[derive(Clone)]
 pub struct Pool {
     shared: Arc<Shared>,
@@ -40,8 +94,7 @@ pub struct Pool {
 
 struct Shared {
     idle: Mutex<Idles>,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
+    timeouts: PoolTimeouts,
 }
 
 struct Idles {
@@ -56,30 +109,30 @@ struct Idle {
 }
 
 impl Pool {
-    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
+    pub fn new(timeouts: PoolTimeouts) -> Self {
         Self {
             shared: Arc::new(Shared {
                 idle: Mutex::new(Idles {
                     by_upstream: HashMap::default(),
                     swept: Instant::now(),
                 }),
-                connect_timeout,
-                idle_timeout,
+                timeouts,
             }),
         }
     }
 
-    /// Sends `request` with `body` to `upstream` and returns the response head and its
-    /// body, which hands the connection back when it has been read to the end.
+    /// Sends `request` with `body` to `upstream` for `requester` and returns the response
+    /// head and its body, which hands the connection back when it has been read to the end.
     pub async fn send(
         &self,
         upstream: &Authority,
         request: &RequestHead,
         body: OutgoingBody,
+        requester: Requester,
     ) -> Result<(ResponseHead, BodyReader), PoolError> {
         // A pooled connection closed under us before even the head went out leaves the
         // body untouched: a fresh connection gets the request.
-        let pooled = match self.checkout(upstream) {
+        let pooled = match self.checkout(upstream, requester) {
             Some(mut conn) => conn.write_head(request).await.is_ok().then_some(conn),
             None => None,
         };
@@ -88,10 +141,12 @@ impl Pool {
             Some(conn) => conn,
             None => self.open_with(upstream, request).await?,
         };
+        conn.owner = requester.conn;
         let (head, sent_whole) = match conn.finish(request, body).await {
             Ok(answer) => answer,
             Err(error) if reused && request.replayable && error.nothing_received() => {
                 conn = self.open_with(upstream, request).await?;
+                conn.owner = requester.conn;
                 conn.finish(request, OutgoingBody::empty(None)).await?
             }
             Err(error) => return Err(error.into()),
@@ -103,16 +158,28 @@ impl Pool {
             pool: self.shared.clone(),
             upstream: upstream.clone(),
         });
-        let body = BodyReader::new(conn, head.framing, home);
+        let body = BodyReader::new(conn, head.framing, home, self.shared.timeouts.body_silence);
         Ok((head, body))
     }
 
-    /// The most recently used idle connection that is still open.
-    fn checkout(&self, upstream: &Authority) -> Option<Connection> {
+    /// An idle connection that is still open and that `requester` may use (see the
+    /// module documentation): none for a first request; one its own client connection
+    /// used if any, else the most recently returned.
+    fn checkout(&self, upstream: &Authority, requester: Requester) -> Option<Connection> {
+        if requester.first {
+            return None;
+        }
         let mut idles = self.shared.lock();
         let list = idles.by_upstream.get_mut(upstream)?;
-        while let Some(idle) = list.pop() {
-            if idle.since.elapsed() < self.shared.idle_timeout && idle.conn.is_reusable() {
+        let timeout = self.shared.timeouts.idle;
+        while let Some(top) = list.len().checked_sub(1) {
+            let own = list
+                .iter()
+                .rev()
+                .take(OWN_SEARCH_DEPTH)
+                .position(|idle| idle.conn.owner == requester.conn);
+            let idle = list.remove(own.map_or(top, |from_top| top - from_top));
+            if idle.since.elapsed() < timeout && idle.conn.is_reusable() {
                 return Some(idle.conn);
             }
         }
@@ -127,7 +194,7 @@ impl Pool {
     ) -> Result<Connection, PoolError> {
         // Boxed: rare once the pool is warm, and its state (name resolution, timer) would
         // otherwise be part of every request's future (see `Connection::finish`).
-        let connecting = Connection::connect(upstream.as_str(), self.shared.connect_timeout);
+        let connecting = Connection::connect(upstream.as_str(), self.shared.timeouts.connect);
         let mut conn = Box::pin(connecting).await.map_err(PoolError::Connect)?;
         conn.write_head(request).await.map_err(ExchangeError::Io)?;
         Ok(conn)
@@ -178,9 +245,9 @@ impl Home {
         conn.shrink_for_idle();
         let now = Instant::now();
         let mut idles = self.pool.lock();
-        if now.duration_since(idles.swept) >= self.pool.idle_timeout / 2 {
+        let timeout = self.pool.timeouts.idle;
+        if now.duration_since(idles.swept) >= timeout / 2 {
             idles.swept = now;
-            let timeout = self.pool.idle_timeout;
             idles.by_upstream.retain(|_, list| {
                 list.retain(|idle| now.duration_since(idle.since) < timeout);
                 !list.is_empty()
@@ -246,12 +313,22 @@ mod tests {
         headers.insert(http::header::HOST, upstream.as_str().parse().unwrap());
         let path = http::uri::PathAndQuery::from_static("/");
         let request = RequestHead::encode(&http::Method::GET, &path, &headers, false);
-        pool.send(upstream, &request, OutgoingBody::empty(None))
+        pool.send(upstream, &request, OutgoingBody::empty(None), CLIENT)
             .await
     }
 
+    /// A client connection past its first request.
+    const CLIENT: Requester = Requester {
+        conn: 7,
+        first: false,
+    };
+
     fn pool() -> Pool {
-        Pool::new(Duration::from_secs(2), Duration::from_secs(60))
+        Pool::new(PoolTimeouts {
+            connect: Duration::from_secs(2),
+            idle: Duration::from_secs(60),
+            body_silence: Duration::from_secs(60),
+        })
     }
 
     async fn read((_, mut body): (ResponseHead, BodyReader)) -> String {
@@ -309,5 +386,57 @@ mod tests {
             matches!(sent, Err(PoolError::Connect(_))),
             "not a connect error"
         );
+    }
+
+    #[tokio::test]
+    async fn a_first_request_never_gets_another_clients_connection() {
+        let (upstream, accepted) = upstream("hello", usize::MAX).await;
+        let pool = pool();
+        let send = |requester: Requester| {
+            let (pool, upstream) = (pool.clone(), upstream.clone());
+            async move {
+                let mut headers = http::HeaderMap::new();
+                headers.insert(http::header::HOST, upstream.as_str().parse().unwrap());
+                let path = http::uri::PathAndQuery::from_static("/");
+                let request = RequestHead::encode(&http::Method::GET, &path, &headers, false);
+                let sent = pool.send(&upstream, &request, OutgoingBody::empty(None), requester);
+                read(sent.await.unwrap()).await
+            }
+        };
+        send(Requester {
+            conn: 1,
+            first: true,
+        })
+        .await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        send(Requester {
+            conn: 2,
+            first: true,
+        })
+        .await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "client 2's first request opens its own"
+        );
+        // Client 1 again: its own connection, although client 2's was returned last.
+        send(Requester {
+            conn: 1,
+            first: false,
+        })
+        .await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        let idle_owners: Vec<u64> = pool.shared.lock().by_upstream[&upstream]
+            .iter()
+            .map(|idle| idle.conn.owner)
+            .collect();
+        assert_eq!(idle_owners, [2, 1], "client 1 took back its own");
+        // A later request of a client with no connection of its own takes any.
+        send(Requester {
+            conn: 3,
+            first: false,
+        })
+        .await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 }

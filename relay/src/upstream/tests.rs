@@ -82,7 +82,11 @@ async fn scripted(replies: Vec<Reply>) -> Upstream {
 }
 
 fn pool() -> Pool {
-    Pool::new(Duration::from_secs(2), Duration::from_secs(60))
+    Pool::new(PoolTimeouts {
+        connect: Duration::from_secs(2),
+        idle: Duration::from_secs(60),
+        body_silence: Duration::from_secs(60),
+    })
 }
 
 async fn send(
@@ -95,7 +99,15 @@ async fn send(
     let path = PathAndQuery::from_static("/");
     let request = RequestHead::encode(&method, &path, &headers, false);
     let (head, mut body) = pool
-        .send(&upstream.authority, &request, OutgoingBody::empty(None))
+        .send(
+            &upstream.authority,
+            &request,
+            OutgoingBody::empty(None),
+            Requester {
+                conn: 1,
+                first: false,
+            },
+        )
         .await?;
     let mut bytes = Vec::new();
     while let Some(frame) = std::future::poll_fn(|cx| body.poll_frame(cx)).await {
@@ -176,7 +188,7 @@ async fn interim_answers_are_skipped() {
 }
 
 #[tokio::test]
-async fn a_head_answer_has_no_body_whatever_its_length_says() {
+async fn a_head_answer_has_no_body_whatever_its_length_says_and_its_connection_is_not_reused() {
     let upstream = scripted(vec![
         Reply::Send("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"),
         Reply::Send("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nyes"),
@@ -187,7 +199,11 @@ async fn a_head_answer_has_no_body_whatever_its_length_says() {
     assert_eq!(head.headers[header::CONTENT_LENGTH], "1000");
     assert_eq!(body, "");
     assert_eq!(send(&pool, &upstream, Method::GET).await.unwrap().1, "yes");
-    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        upstream.accepted.load(Ordering::SeqCst),
+        2,
+        "a body it announced may still come: never reused"
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,234 @@
+//! The accept loop both binaries use for their traffic and admin listeners.
+//!
+//! It takes an already-bound listener and a stop token, so tests and binaries start it the
+//! same way. Each connection speaks HTTP/1.1 or HTTP/2 (detected from its first bytes), and
+//! nothing a client does can hold resources without a deadline:
+//!
+//! | what the client does | what ends it |
+//! | --- | --- |
+//! | connects beyond the connection limit | closed at once ([`admission`]) |
+//! | sends nothing, part of a request head or of the HTTP/2 preface | closed after the header read timeout ([`connection`]) |
+//! | keeps an idle HTTP/1 or HTTP/2 connection after its last response | closed after the header read timeout |
+//! | stops reading a response | closed after the idle timeout ([`client_io`]) |
+//! | stops sending a request body | 408 after the idle timeout (`crate::body`) |
+
+pub mod admission;
+mod client_io;
+mod connection;
+pub mod stats;
+
+use crate::body::Body;
+use admission::Admission;
+use client_io::ClientIo;
+use connection::{ConnState, Tracked};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use stats::Silence;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long a connection closed for silence, or stopped at shutdown, gets to say goodbye
+/// (an HTTP/2 GOAWAY) before it is dropped.
+const GOODBYE: Duration = Duration::from_secs(1);
+
+/// The two ends of the connection a request arrived on, and where the request stands on
+/// it. `local` is what the agent looks its route up by (Apache's `SERVER_ADDR`); `id` and
+/// `first_request` decide which pooled upstream connections the request may use (see
+/// `crate::upstream::pool`).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Unique in this process.
+    pub id: u64,
+    /// The first request made on this connection.
+    pub first_request: bool,
+}
+
+/// Answers requests. Implemented by the proxy, the agent and their admin endpoints.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(
+        &self,
+        request: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response<Body>> + Send;
+}
+
+/// Limits against slow, silent and oversized clients.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// Time a client has, after the accept or after its last response, to send a
+    /// complete request head; then the connection is closed.
+    pub header_read_timeout: Duration,
+    /// Largest request head, in bytes (HTTP/1.1 read buffer, HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// Most header fields in one HTTP/1.1 request.
+    pub max_headers: usize,
+    /// How long a write to a client may wait (the client does not read) before the
+    /// connection is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+fn next_connection_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Relaxed)
+}
+
+/// Serves `listener` until `stop` is cancelled, then stops accepting (the listener is
+/// closed, so new connections are refused), lets open connections finish their in-flight
+/// requests (HTTP/2 clients get a GOAWAY) and returns once they have, or after `grace`.
+/// Returns whether every connection finished in time. `admission` is shared by every
+/// listener of the group (all workers' listeners of the traffic address, say).
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    limits: ServerLimits,
+    admission: Arc<Admission>,
+    stop: CancellationToken,
+    grace: Duration,
+) -> bool {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers)
+        .keep_alive(true)
+        // Head and body copied into one buffer and written with `send`: for the small
+        // responses most requests get, cheaper in the kernel than `writev` of two pieces.
+        .writev(false);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let connections = TaskTracker::new();
+    loop {
+        let (stream, remote) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(slot) = admission.admit() else {
+            tracing::debug!(client = %remote, "connection limit reached; closing the new connection");
+            drop(stream);
+            continue;
+        };
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = ConnInfo {
+            local,
+            remote,
+            id: next_connection_id(),
+            first_request: true,
+        };
+        let io = ClientIo::new(stream, limits.idle_timeout, slot, admission.stats().clone());
+        connections.spawn(serve_connection(
+            io,
+            conn,
+            handler.clone(),
+            builder.clone(),
+            limits,
+            admission.clone(),
+            stop.clone(),
+        ));
+    }
+    drop(listener);
+    connections.close();
+    tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_ok()
+}
+
+/// One connection, from its accept to its close: served by hyper, watched for silence,
+/// stopped gracefully at shutdown.
+async fn serve_connection<H: Handler>(
+    io: ClientIo,
+    conn: ConnInfo,
+    handler: Arc<H>,
+    builder: auto::Builder<TokioExecutor>,
+    limits: ServerLimits,
+    admission: Arc<Admission>,
+    stop: CancellationToken,
+) {
+    let state = ConnState::new();
+    let requests = state.clone();
+    let service = service_fn(move |request| {
+        let in_flight = requests.begin();
+        let conn = ConnInfo {
+            first_request: in_flight.is_first(),
+            ..conn
+        };
+        let handler = handler.clone();
+        async move {
+            let response = handler.handle(request, conn).await;
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+        }
+    });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let timeout = limits.header_read_timeout;
+    let mut stopping = false;
+    loop {
+        let check = state.idle_left(timeout).unwrap_or(timeout);
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(client = %conn.remote, %error, "connection ended with an error");
+                }
+                return;
+            }
+            () = stop.cancelled(), if !stopping => {
+                stopping = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            () = tokio::time::sleep(check) => {
+                if state.idle_left(timeout).is_some_and(|left| left.is_zero()) {
+                    let silence = if state.served_any() { Silence::KeepAlive } else { Silence::FirstRequest };
+                    admission.stats().silent(silence);
+                    tracing::debug!(client = %conn.remote, ?silence, "closing a connection that sent no complete request in time");
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(GOODBYE, connection.as_mut()).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Binds a listener, with a message that names the address on failure.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
