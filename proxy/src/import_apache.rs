@@ -1,6 +1,11 @@
 //! `stickyroute-proxy import-apache`: translate an Apache mod_proxy_balancer setup (like the
-//! seed write-up's) into a route map and a proxy config, with a warning for everything that
-//! is not translated.
+//! classic write-up's) into a route map and a proxy config, with a warning for everything
+//! that is not translated.
+//!
+//! One stickyroute-proxy serves one balancer, so a configuration with several
+//! `balancer://` names is refused, naming them, unless one is chosen (`--balancer NAME`).
+//! Members are plain HTTP: an `https://` (or any other) member is an error, never quietly
+//! imported as `http`. Every message names the Apache file and line it is about.
 //!
 //! Apache configurations are line-oriented, but copies pasted into wikis and blogs (the seed's
 //! among them) often lose their line breaks; directives are therefore also split at section
@@ -61,8 +66,23 @@ pub struct Imported {
 pub enum ImportError {
     #[error("no BalancerMember found: nothing to import")]
     NoMembers,
+    #[error(
+        "the configuration has {} balancers: {}; one stickyroute-proxy serves one balancer: give --balancer NAME to import one of them (and run one proxy per balancer)",
+        .0.len(),
+        .0.join(", ")
+    )]
+    SeveralBalancers(Vec<String>),
+    #[error("no balancer {0} in the configuration (found: {1})")]
+    NoSuchBalancer(String, String),
     #[error("{0}")]
     Invalid(String),
+}
+
+/// A balancer's name as Apache writes it, without a trailing `/`: `balancer://shop`.
+fn balancer_name(url: &str) -> Option<String> {
+    let name = url.trim_end_matches('/');
+    let bytes = name.as_bytes();
+    (bytes.len() > 11 && bytes[..11].eq_ignore_ascii_case(b"balancer://")).then(|| name.to_owned())
 }
 
 fn tokens(line: &str) -> Vec<String> {
@@ -167,29 +187,46 @@ struct Member {
     route: RouteId,
     loadfactor: LoadFactor,
     status: Status,
+    /// Where its BalancerMember is: `FILE:LINE`.
+    at: String,
+    /// Its worker parameters that stickyroute-proxy has once for all members.
+    retry: Option<String>,
+    timeout: Option<String>,
+    connect_timeout: Option<String>,
 }
 
 /// Translates configuration files, given as (name, text), read in order as one
 /// configuration. `rewrite_map` is the (name, text) of the `RewriteMap txt:` file, if
-/// available, to check against the members.
+/// available, to check against the members. `only` picks one balancer (`balancer://NAME`
+/// or `NAME`) of a configuration that has several.
 pub fn import(
     files: &[(&str, &str)],
     rewrite_map: Option<(&str, &str)>,
+    only: Option<&str>,
 ) -> Result<Imported, ImportError> {
     let mut warnings = Vec::new();
     let names: Vec<&str> = files.iter().map(|(name, _)| *name).collect();
+    let at = |file: usize, line: usize| format!("{}:{line}", names[file]);
     // The file being read, for the warnings' FILE:LINE.
     let file = std::cell::Cell::new(0);
     let mut warn = |line: usize, message: String| {
         warnings.push(format!("{}:{line}: {message}", names[file.get()]))
     };
     let mut sections: Vec<(String, Vec<String>)> = Vec::new();
-    let mut members: Vec<Member> = Vec::new();
-    let mut config = Map::new();
+    // Every balancer named anywhere, with where it was first named.
+    let mut balancers: Vec<(String, String)> = Vec::new();
+    let mut members: Vec<(String, Member)> = Vec::new();
+    // Balancer parameters (ProxyPass, ProxySet) per balancer, in order.
+    let mut settings: Vec<(String, usize, usize, Vec<(String, String)>)> = Vec::new();
     let mut admin_allow: Vec<String> = Vec::new();
     let mut used_balancer: Option<String> = None;
     let mut agent = AgentHint::default();
     let mut map_file: Option<String> = None;
+    let mut note = |balancers: &mut Vec<(String, String)>, name: &str, file: usize, line: usize| {
+        if !balancers.iter().any(|(b, _)| b == name) {
+            balancers.push((name.to_owned(), at(file, line)));
+        }
+    };
 
     let all = files
         .iter()
@@ -222,6 +259,10 @@ pub fn import(
                         d.args.join(" ")
                     ),
                 );
+            } else if section == "proxy" && !skipped_branch {
+                if let Some(balancer) = d.args.first().and_then(|a| balancer_name(a)) {
+                    note(&mut balancers, &balancer, d.file, d.line);
+                }
             } else if !matches!(section, "ifmodule" | "proxy" | "location") {
                 warn(
                     d.line,
@@ -245,20 +286,26 @@ pub fn import(
             .iter()
             .rev()
             .find(|(s, _)| s == "proxy")
-            .and_then(|(_, a)| a.first().cloned());
+            .and_then(|(_, a)| a.first().and_then(|b| balancer_name(b)));
         match name.as_str() {
             "balancermember" => {
                 let mut args = d.args.as_slice();
-                if args.first().is_some_and(|a| a.starts_with("balancer://")) && in_proxy.is_none() {
+                let mut balancer = in_proxy.clone();
+                if in_proxy.is_none()
+                    && let Some(named) = args.first().and_then(|a| balancer_name(a))
+                {
+                    note(&mut balancers, &named, d.file, d.line);
+                    balancer = Some(named);
                     args = &args[1..];
                 }
                 let Some(url) = args.first() else {
                     warn(d.line, "BalancerMember without a URL".to_owned());
                     continue;
                 };
-                match member(url, &params(&args[1..]), d.line, &mut warn) {
-                    Ok(m) => members.push(m),
-                    Err(message) => return Err(ImportError::Invalid(format!("{}:{}: {message}", names[d.file], d.line))),
+                let here = at(d.file, d.line);
+                match member(url, &params(&args[1..]), here.clone(), d.line, &mut warn) {
+                    Ok(m) => members.push((balancer.unwrap_or_default(), m)),
+                    Err(message) => return Err(ImportError::Invalid(format!("{here}: {message}"))),
                 }
             }
             "proxypass" => match (d.args.first(), d.args.get(1)) {
@@ -269,18 +316,27 @@ pub fn import(
                         warn(d.line, format!("`ProxyPass {path} !` is not translated: stickyroute-proxy forwards every path"));
                     }
                 }
-                (Some(path), Some(target)) if target.starts_with("balancer://") => {
+                (Some(path), Some(target)) if balancer_name(target).is_some() => {
+                    let balancer = balancer_name(target).unwrap_or_default();
+                    note(&mut balancers, &balancer, d.file, d.line);
                     if path != "/" {
                         warn(d.line, format!("ProxyPass path {path} is not translated: stickyroute-proxy forwards every path"));
                     }
-                    used_balancer = Some(target.trim_end_matches('/').to_owned());
-                    balancer_params(&params(&d.args[2..]), &mut config, d.line, &mut warn);
+                    used_balancer = Some(balancer.clone());
+                    settings.push((balancer, d.file, d.line, params(&d.args[2..])));
                 }
                 _ => warn(d.line, format!("ProxyPass {} is not translated (not a balancer)", d.args.join(" "))),
             },
             "proxyset" => {
-                let args = if d.args.first().is_some_and(|a| a.starts_with("balancer://")) { &d.args[1..] } else { &d.args[..] };
-                balancer_params(&params(args), &mut config, d.line, &mut warn);
+                let (balancer, args) = match d.args.first().and_then(|a| balancer_name(a)) {
+                    Some(named) => (Some(named), &d.args[1..]),
+                    None => (in_proxy.clone(), &d.args[..]),
+                };
+                let balancer = balancer.unwrap_or_default();
+                if !balancer.is_empty() {
+                    note(&mut balancers, &balancer, d.file, d.line);
+                }
+                settings.push((balancer, d.file, d.line, params(args)));
             }
             "allow" if in_location.as_deref().is_some_and(|l| l.contains("balancer-manager")) => {
                 for spec in d.args.iter().filter(|a| !a.eq_ignore_ascii_case("from")) {
@@ -313,20 +369,46 @@ pub fn import(
             _ => warn(d.line, format!("not translated: {} {}", d.name, d.args.join(" "))),
         }
     }
+    let chosen = choose_balancer(&balancers, only)?;
+    if let Some(chosen) = &chosen {
+        for (other, first) in balancers.iter().filter(|(b, _)| b != chosen) {
+            warnings.push(format!(
+                "{first}: {other} is not imported (--balancer {chosen})"
+            ));
+        }
+    }
+    // A member or setting belongs to the chosen balancer, or to none named (then there is
+    // only one).
+    let ours = |balancer: &str| {
+        chosen
+            .as_deref()
+            .is_none_or(|c| balancer.is_empty() || balancer == c)
+    };
+    let members: Vec<Member> = members
+        .into_iter()
+        .filter(|(b, _)| ours(b))
+        .map(|(_, m)| m)
+        .collect();
     if members.is_empty() {
         return Err(ImportError::NoMembers);
+    }
+    let mut config = Map::new();
+    for (_, file_index, line, params) in settings.iter().filter(|(b, ..)| ours(b)) {
+        let prefix = at(*file_index, *line);
+        let mut warn = |message: String| warnings.push(format!("{prefix}: {message}"));
+        balancer_params(params, &mut config, &mut warn);
     }
     if used_balancer.is_none() {
         warnings.push("no `ProxyPass / balancer://...` found; stickysession and nofailover keep their defaults".to_owned());
     }
+    worker_settings(&members, &mut config, &mut warnings);
     let port = most_common_port(&members);
     config.insert("member_port".into(), json!(port));
     if !admin_allow.is_empty() {
         config.insert("admin_allow".into(), json!(admin_allow));
     }
-    let mut routemap = String::from(
-        "# imported from an Apache mod_proxy_balancer configuration by stickyroute-proxy import-apache\n",
-    );
+    let header = "# imported from an Apache mod_proxy_balancer configuration by stickyroute-proxy import-apache\n";
+    let mut routemap = String::from(header);
     for m in &members {
         let _ = write!(
             routemap,
@@ -341,14 +423,32 @@ pub fn import(
         }
         routemap.push('\n');
     }
+    // The map's line N+2 is member N's; errors name that BalancerMember's line.
     let map = RouteMap::parse(routemap.as_bytes()).map_err(|errors| {
-        ImportError::Invalid(
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-        )
+        let lines: Vec<String> = errors
+            .iter()
+            .map(|e| {
+                let member = e.line.checked_sub(2).and_then(|i| members.get(i));
+                let first = match &e.kind {
+                    routemap::ErrorKind::DuplicateKey { first_line, .. }
+                    | routemap::ErrorKind::DuplicateRoute { first_line, .. } => first_line
+                        .checked_sub(2)
+                        .and_then(|i| members.get(i))
+                        .map(|m| format!(" (first at {})", m.at)),
+                    _ => None,
+                };
+                match member {
+                    Some(m) => format!(
+                        "{}: {}{}",
+                        m.at,
+                        describe_duplicate(&e.kind),
+                        first.unwrap_or_default()
+                    ),
+                    None => e.to_string(),
+                }
+            })
+            .collect();
+        ImportError::Invalid(lines.join("\n"))
     })?;
     if let Some((path, text)) = rewrite_map {
         check_rewrite_map(path, text, &map, &mut warnings);
@@ -363,20 +463,133 @@ pub fn import(
     })
 }
 
+/// What a map error says, for a BalancerMember (a duplicate's own "first on line" names
+/// a line of the generated map, so it is replaced by the first member's place).
+fn describe_duplicate(kind: &routemap::ErrorKind) -> String {
+    match kind {
+        routemap::ErrorKind::DuplicateKey { key, .. } => {
+            format!("a second BalancerMember for {key}")
+        }
+        routemap::ErrorKind::DuplicateRoute { route, .. } => {
+            format!("a second BalancerMember with route={route}")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The balancer to import: the only one, or the one asked for.
+fn choose_balancer(
+    balancers: &[(String, String)],
+    only: Option<&str>,
+) -> Result<Option<String>, ImportError> {
+    let listed = || {
+        balancers
+            .iter()
+            .map(|(b, at)| format!("{b} ({at})"))
+            .collect::<Vec<_>>()
+    };
+    match only {
+        Some(wanted) => {
+            let full = if balancer_name(wanted).is_some() {
+                wanted.trim_end_matches('/').to_owned()
+            } else {
+                format!("balancer://{wanted}")
+            };
+            balancers
+                .iter()
+                .find(|(b, _)| b.eq_ignore_ascii_case(&full))
+                .map(|(b, _)| Some(b.clone()))
+                .ok_or_else(|| ImportError::NoSuchBalancer(full, listed().join(", ")))
+        }
+        None if balancers.len() > 1 => Err(ImportError::SeveralBalancers(listed())),
+        None => Ok(balancers.first().map(|(b, _)| b.clone())),
+    }
+}
+
+/// Apache's worker parameters that stickyroute-proxy has once for every member: `retry`,
+/// `timeout` (waiting for the member's answer) and `connectiontimeout`. When the members
+/// disagree, the largest value is used and the difference is said.
+fn worker_settings(
+    members: &[Member],
+    config: &mut Map<String, Value>,
+    warnings: &mut Vec<String>,
+) {
+    type Pick = fn(&Member) -> Option<&String>;
+    let settings: [(&str, &str, Pick); 3] = [
+        ("retry", "retry", |m| m.retry.as_ref()),
+        ("timeout", "response_timeout", |m| m.timeout.as_ref()),
+        ("connectiontimeout", "connect_timeout", |m| {
+            m.connect_timeout.as_ref()
+        }),
+    ];
+    for (apache, ours, pick) in settings {
+        let given: Vec<(&Member, &String)> = members
+            .iter()
+            .filter_map(|m| pick(m).map(|v| (m, v)))
+            .collect();
+        let Some(largest) = given
+            .iter()
+            .map(|(_, v)| *v)
+            .max_by(|a, b| seconds(a).total_cmp(&seconds(b)))
+        else {
+            continue;
+        };
+        config.insert(ours.into(), json!(apache_duration(largest)));
+        let differ = given.iter().any(|(_, v)| seconds(v) != seconds(largest))
+            || given.len() < members.len();
+        if differ {
+            let places: Vec<String> = given
+                .iter()
+                .map(|(m, v)| format!("{}={v} at {}", apache, m.at))
+                .collect();
+            warnings.push(format!(
+                "the members' {apache}= differ ({}; others have Apache's default); stickyroute-proxy has one {ours} for all members: {}",
+                places.join(", "),
+                apache_duration(largest)
+            ));
+        }
+    }
+}
+
+/// An Apache duration in seconds (`5`), or with a unit (`500ms`), as a number of seconds.
+fn seconds(value: &str) -> f64 {
+    match value.strip_suffix("ms") {
+        Some(ms) => ms.parse::<f64>().map_or(0.0, |ms| ms / 1000.0),
+        None => value.parse::<f64>().unwrap_or(0.0),
+    }
+}
+
+/// An Apache duration as stickyroute's config writes it (`"5s"`, `"500ms"`).
+fn apache_duration(value: &str) -> String {
+    if value.ends_with("ms") {
+        value.to_owned()
+    } else {
+        format!("{value}s")
+    }
+}
+
 fn member(
     url: &str,
     params: &[(String, String)],
+    at: String,
     line: usize,
     warn: &mut impl FnMut(usize, String),
 ) -> Result<Member, String> {
     let uri: http::Uri = url
         .parse()
         .map_err(|_| format!("BalancerMember URL {url:?} is not a URL"))?;
-    if uri.scheme_str() != Some("http") {
-        warn(
-            line,
-            format!("BalancerMember {url}: only http:// members are supported; imported as http"),
-        );
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "BalancerMember {url}: https:// members are not supported: stickyroute-proxy speaks plain HTTP to its members (run the agent in front of the member and point the BalancerMember at it)"
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "BalancerMember {url}: only http:// members are supported"
+            ));
+        }
     }
     if uri.path() != "/" && !uri.path().is_empty() {
         warn(
@@ -395,6 +608,13 @@ fn member(
     let mut route = None;
     let mut loadfactor = LoadFactor::DEFAULT;
     let mut status = Status::Enabled;
+    let (mut retry, mut timeout, mut connect_timeout) = (None, None, None);
+    let duration = |name: &str, v: &String| {
+        let plain = v.strip_suffix("ms").unwrap_or(v);
+        (!plain.is_empty() && plain.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| v.clone())
+            .ok_or_else(|| format!("{name}={v}: not a number of seconds"))
+    };
     for (k, v) in params {
         match k.as_str() {
             "route" => route = Some(RouteId::parse(v).map_err(|e| format!("route={v}: {e}"))?),
@@ -418,6 +638,9 @@ fn member(
                     }
                 }
             }
+            "retry" => retry = Some(duration("retry", v)?),
+            "timeout" => timeout = Some(duration("timeout", v)?),
+            "connectiontimeout" => connect_timeout = Some(duration("connectiontimeout", v)?),
             other => warn(
                 line,
                 format!("BalancerMember parameter {other}={v} is not translated"),
@@ -432,14 +655,17 @@ fn member(
         route,
         loadfactor,
         status,
+        at,
+        retry,
+        timeout,
+        connect_timeout,
     })
 }
 
 fn balancer_params(
     params: &[(String, String)],
     config: &mut Map<String, Value>,
-    line: usize,
-    warn: &mut impl FnMut(usize, String),
+    warn: &mut impl FnMut(String),
 ) {
     for (k, v) in params {
         match k.as_str() {
@@ -454,20 +680,28 @@ fn balancer_params(
                     config.insert("lbmethod".into(), json!(v));
                 }
                 other => {
-                    warn(
-                        line,
-                        format!("lbmethod={other} is not supported; byrequests is used"),
-                    );
+                    warn(format!(
+                        "lbmethod={other} is not supported; byrequests is used"
+                    ));
                     config.insert("lbmethod".into(), json!("byrequests"));
                 }
             },
-            "timeout" => {
-                config.insert("response_timeout".into(), json!(format!("{v}s")));
+            "failonstatus" => {
+                let codes: Result<Vec<u16>, _> =
+                    v.split(',').map(|c| c.trim().parse::<u16>()).collect();
+                match codes {
+                    Ok(codes) if codes.iter().all(|c| (100..600).contains(c)) => {
+                        config.insert("failonstatus".into(), json!(codes));
+                    }
+                    _ => warn(format!(
+                        "failonstatus={v} is not a list of status codes; not translated"
+                    )),
+                }
             }
-            other => warn(
-                line,
-                format!("balancer parameter {other}={v} is not translated"),
-            ),
+            "timeout" => warn(format!(
+                "balancer timeout={v} (the wait for a free worker) is not translated: stickyroute-proxy does not queue requests; a member's timeout= becomes response_timeout"
+            )),
+            other => warn(format!("balancer parameter {other}={v} is not translated")),
         }
     }
 }
@@ -622,7 +856,7 @@ mod tests {
     fn member_status_flags_and_unknown_parameters() {
         let mut warnings = Vec::new();
         let config = "<Proxy balancer://b>\nBalancerMember http://10.0.0.1:8080 route=a status=+H retry=5\nBalancerMember http://10.0.0.2:8080 route=b status=+D\n</Proxy>\nProxyPass / balancer://b/ lbmethod=bytraffic\nKeepAlive On\n";
-        let imported = import(&[("c", config)], None).unwrap();
+        let imported = import(&[("c", config)], None, None).unwrap();
         warnings.extend(imported.warnings);
         assert!(
             imported
@@ -636,10 +870,11 @@ mod tests {
         );
         assert_eq!(imported.config["member_port"], 8080);
         assert_eq!(imported.config["lbmethod"], "byrequests");
+        assert_eq!(imported.config["retry"], "5s");
         assert!(
             warnings
                 .iter()
-                .any(|w| w.contains("c:2: BalancerMember parameter retry=5")),
+                .any(|w| w.contains("members' retry= differ (retry=5 at c:2;")),
             "{warnings:?}"
         );
         assert!(
@@ -654,14 +889,110 @@ mod tests {
             "{warnings:?}"
         );
         assert!(matches!(
-            import(&[("c", "KeepAlive On\n")], None),
+            import(&[("c", "KeepAlive On\n")], None, None),
             Err(ImportError::NoMembers)
         ));
         assert!(
-            import(&[("c", "BalancerMember http://10.0.0.1\n")], None)
+            import(&[("c", "BalancerMember http://10.0.0.1\n")], None, None)
                 .unwrap_err()
                 .to_string()
                 .contains("c:1: BalancerMember")
+        );
+    }
+
+    const TWO_BALANCERS: &str = "<Proxy balancer://shop>\nBalancerMember http://10.0.0.1 route=a\n</Proxy>\n\
+        <Proxy balancer://api>\nBalancerMember http://10.0.0.2 route=b\nProxySet failonstatus=503\n</Proxy>\n\
+        ProxyPass /api balancer://api/ stickysession=APISESSION\nProxyPass / balancer://shop/ stickysession=balanceid nofailover=On\n";
+
+    #[test]
+    fn several_balancers_are_refused_by_name_unless_one_is_chosen() {
+        let error = import(&[("p.conf", TWO_BALANCERS)], None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("2 balancers: balancer://shop (p.conf:1), balancer://api (p.conf:4)")
+                && error.contains("--balancer NAME"),
+            "{error}"
+        );
+        let shop = import(&[("p.conf", TWO_BALANCERS)], None, Some("shop")).unwrap();
+        assert!(shop.routemap.contains("10.0.0.1 a"));
+        assert!(!shop.routemap.contains("10.0.0.2"));
+        assert_eq!(shop.config["stickysession"], "balanceid");
+        assert_eq!(shop.config["nofailover"], true);
+        assert!(
+            shop.config.get("failonstatus").is_none(),
+            "the api balancer's"
+        );
+        assert!(
+            shop.warnings
+                .iter()
+                .any(|w| w
+                    == "p.conf:4: balancer://api is not imported (--balancer balancer://shop)"),
+            "{:?}",
+            shop.warnings
+        );
+        let api = import(&[("p.conf", TWO_BALANCERS)], None, Some("balancer://api/")).unwrap();
+        assert!(api.routemap.contains("10.0.0.2 b"));
+        assert_eq!(api.config["stickysession"], "APISESSION");
+        assert_eq!(api.config["failonstatus"], json!([503]));
+        assert!(matches!(
+            import(&[("p.conf", TWO_BALANCERS)], None, Some("nope")),
+            Err(ImportError::NoSuchBalancer(..))
+        ));
+    }
+
+    #[test]
+    fn https_members_are_refused_plainly() {
+        let error = import(
+            &[(
+                "p.conf",
+                "<Proxy balancer://b>\nBalancerMember https://10.0.0.1 route=a\n</Proxy>\n",
+            )],
+            None,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with(
+                "p.conf:2: BalancerMember https://10.0.0.1: https:// members are not supported"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn worker_timeouts_and_failonstatus_are_translated() {
+        let config = "<Proxy balancer://b>\n\
+            BalancerMember http://10.0.0.1 route=a retry=30 timeout=120 connectiontimeout=500ms\n\
+            BalancerMember http://10.0.0.2 route=b retry=30 timeout=90 connectiontimeout=500ms\n\
+            ProxySet failonstatus=500,503 timeout=10\n</Proxy>\n";
+        let imported = import(&[("p.conf", config)], None, None).unwrap();
+        assert_eq!(imported.config["retry"], "30s");
+        assert_eq!(imported.config["response_timeout"], "120s", "the largest");
+        assert_eq!(imported.config["connect_timeout"], "500ms");
+        assert_eq!(imported.config["failonstatus"], json!([500, 503]));
+        let warnings = imported.warnings.join("\n");
+        assert!(warnings.contains("members' timeout= differ"), "{warnings}");
+        assert!(!warnings.contains("members' retry= differ"), "{warnings}");
+        assert!(
+            warnings.contains("p.conf:4: balancer timeout=10"),
+            "{warnings}"
+        );
+    }
+
+    #[test]
+    fn map_errors_name_the_apache_lines() {
+        let config = "<Proxy balancer://b>\n\
+            BalancerMember http://10.0.0.1 route=a\n\
+            BalancerMember http://10.0.0.2 route=b\n\
+            BalancerMember http://10.0.0.1:8080 route=c\n</Proxy>\n";
+        let error = import(&[("p.conf", config)], None, None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "p.conf:4: a second BalancerMember for 10.0.0.1 (first at p.conf:2)"
         );
     }
 }

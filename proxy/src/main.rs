@@ -33,11 +33,18 @@ fn main() -> ExitCode {
     if let Some(Command::ImportApache {
         files,
         rewrite_map,
+        balancer,
         out,
         force,
     }) = options.command.take()
     {
-        return import_apache(&files, rewrite_map.as_deref(), &out, force);
+        return import_apache(
+            &files,
+            rewrite_map.as_deref(),
+            balancer.as_deref(),
+            &out,
+            force,
+        );
     }
     let check_only = options.check_config;
     let settings = match options.settings(std::env::var("STICKYROUTE_ADMIN_TOKEN").ok()) {
@@ -61,6 +68,7 @@ fn main() -> ExitCode {
 fn import_apache(
     files: &[PathBuf],
     rewrite_map: Option<&Path>,
+    balancer: Option<&str>,
     out: &Path,
     force: bool,
 ) -> ExitCode {
@@ -87,6 +95,7 @@ fn import_apache(
     let imported = match import_apache::import(
         &inputs,
         map_text.as_ref().map(|(p, t)| (p.as_str(), t.as_str())),
+        balancer,
     ) {
         Ok(imported) => imported,
         Err(error) => return fail(error.to_string()),

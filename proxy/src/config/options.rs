@@ -245,6 +245,10 @@ pub enum Command {
         /// The RewriteMap txt: file, to check it against the BalancerMembers.
         #[arg(long, value_name = "FILE")]
         rewrite_map: Option<PathBuf>,
+        /// The balancer to import (balancer://NAME or NAME), when the configuration has
+        /// several: one stickyroute-proxy serves one balancer.
+        #[arg(long, value_name = "NAME")]
+        balancer: Option<String>,
         /// Where to write `routemap` and `proxy.json`.
         #[arg(long, default_value = ".", value_name = "DIR")]
         out: PathBuf,
