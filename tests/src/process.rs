@@ -27,6 +27,8 @@ pub fn binary(name: &str) -> PathBuf {
 /// A running child process whose stderr (the log) is collected; killed when dropped.
 pub struct Process {
     name: String,
+    /// Whether the child leads a process group of its own, killed whole when dropped.
+    group: bool,
     child: Mutex<Child>,
     log: Arc<Mutex<Vec<String>>>,
     /// The thread collecting stderr; it ends at end-of-file, when the process is gone.
@@ -46,8 +48,32 @@ impl Process {
         args: &[String],
         extra_env: &[(&str, &str)],
     ) -> Self {
+        Self::spawn(program, args, extra_env, false)
+    }
+
+    /// Like [`Process::start_path`], in a process group of its own that is killed whole
+    /// when this is dropped: for programs that start children of their own (chromedriver
+    /// starts the browser), which would otherwise outlive the test.
+    pub fn start_group(
+        program: &std::path::Path,
+        args: &[String],
+        extra_env: &[(&str, &str)],
+    ) -> Self {
+        Self::spawn(program, args, extra_env, true)
+    }
+
+    fn spawn(
+        program: &std::path::Path,
+        args: &[String],
+        extra_env: &[(&str, &str)],
+        group: bool,
+    ) -> Self {
+        use std::os::unix::process::CommandExt;
         let binary = program.display().to_string();
         let mut command = Command::new(program);
+        if group {
+            command.process_group(0);
+        }
         command
             .args(args)
             .env_clear()
@@ -72,6 +98,7 @@ impl Process {
         });
         Self {
             name: binary,
+            group,
             child: Mutex::new(child),
             log,
             reader: Mutex::new(Some(reader)),
@@ -220,7 +247,49 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         let mut child = self.lock();
+        if self.group {
+            // The whole group: the child and everything it started.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// The processes whose command line mentions `text` (a directory only they use).
+pub fn processes_mentioning(text: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|line| String::from_utf8_lossy(&line).contains(text))
+        })
+        .collect()
+}
+
+/// The processes of process group `group` still alive (zombies aside), from /proc.
+pub fn processes_in_group(group: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // pid (comm) state ppid pgrp ...; comm may hold spaces, so split after ')'.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.split_whitespace().collect())
+                .unwrap_or_default();
+            fields.first() != Some(&"Z") && fields.get(2) == Some(&group.to_string().as_str())
+        })
+        .collect()
 }

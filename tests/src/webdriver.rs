@@ -15,12 +15,32 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// The key W3C WebDriver uses for element references.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
-/// A browser session; the browser and driver stop when it is dropped.
+/// A browser session; the browser and driver stop when it is dropped, on every path (a
+/// failed assertion included): the session is ended, then chromedriver's whole process
+/// group, the browser's processes with it, is killed.
 pub struct Browser {
     driver: SocketAddr,
     session: String,
-    _process: Process,
+    process: Process,
     _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // Drop cannot await: the session is ended with a plain blocking request.
+        let request = format!(
+            "DELETE /session/{} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.session, self.driver
+        );
+        if let Ok(mut stream) =
+            std::net::TcpStream::connect_timeout(&self.driver, Duration::from_secs(2))
+        {
+            use std::io::{Read, Write};
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = stream.write_all(request.as_bytes());
+            let _ = stream.read_to_end(&mut Vec::new());
+        }
+    }
 }
 
 impl Browser {
@@ -35,8 +55,15 @@ impl Browser {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let process =
-            Process::start_path(Path::new(CHROMEDRIVER), &[format!("--port={port}")], &[]);
+        // The profile is also the browser's home: everything it starts (its crash
+        // handler too, which leaves the process group) names it on its command line.
+        let profile = tempfile::tempdir().expect("profile dir");
+        let home = profile.path().display().to_string();
+        let process = Process::start_group(
+            Path::new(CHROMEDRIVER),
+            &[format!("--port={port}")],
+            &[("HOME", &home)],
+        );
         let driver = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + Duration::from_secs(20);
         while call(driver, Method::GET, "/status")
@@ -51,7 +78,6 @@ impl Browser {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let profile = tempfile::tempdir().expect("profile dir");
         let args = [
             "--headless",
             "--no-sandbox",
@@ -61,6 +87,10 @@ impl Browser {
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
+            // No crash reporter: its handler starts a session of its own, outside the
+            // process group that is killed at the end.
+            "--disable-breakpad",
+            "--disable-crash-reporter",
             "--disable-dev-shm-usage",
             "--window-size=1400,900",
         ];
@@ -78,9 +108,19 @@ impl Browser {
         Browser {
             driver,
             session,
-            _process: process,
+            process,
             _profile: profile,
         }
+    }
+
+    /// The process group of the driver and the browser it started.
+    pub fn process_group(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// The browser's profile and home directory.
+    pub fn profile(&self) -> std::path::PathBuf {
+        self._profile.path().to_owned()
     }
 
     async fn command(&self, method: Method, path: &str, body: Option<Value>) -> Value {

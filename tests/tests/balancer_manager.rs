@@ -593,3 +593,44 @@ async fn an_agents_report_cannot_break_the_page() {
     assert_eq!(page.status, 200);
     assert!(page.text().contains("www1"));
 }
+
+#[test]
+fn the_browser_leaves_no_process_behind_even_when_a_test_fails() {
+    use stickyroute_tests::process::{processes_in_group, processes_mentioning};
+    for fails in [false, true] {
+        let (sender, started) = std::sync::mpsc::channel();
+        let run = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async {
+                let browser = Browser::start().await;
+                browser.open("about:blank").await;
+                let profile = browser.profile().display().to_string();
+                sender
+                    .send((browser.process_group(), profile.clone()))
+                    .unwrap();
+                let running = processes_mentioning(&profile);
+                assert!(running.len() > 1, "the browser's processes: {running:?}");
+                assert!(!fails, "a failing test");
+            });
+        });
+        let outcome = run.join();
+        assert_eq!(outcome.is_err(), fails);
+        let (group, profile) = started.recv().unwrap();
+        // The crash handler notices its browser is gone a moment later.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let left: Vec<u32> = processes_in_group(group)
+                .into_iter()
+                .chain(processes_mentioning(&profile))
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "left running: {left:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
