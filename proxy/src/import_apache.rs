@@ -181,6 +181,10 @@ fn allow_to_cidr(spec: &str) -> Option<String> {
     None
 }
 
+/// The parameters of one ProxyPass or ProxySet: its balancer (empty when it names none),
+/// file index, line, and the `key=value` pairs.
+type BalancerParams = (String, usize, usize, Vec<(String, String)>);
+
 struct Member {
     key: Key,
     port: u16,
@@ -216,13 +220,13 @@ pub fn import(
     // Every balancer named anywhere, with where it was first named.
     let mut balancers: Vec<(String, String)> = Vec::new();
     let mut members: Vec<(String, Member)> = Vec::new();
-    // Balancer parameters (ProxyPass, ProxySet) per balancer, in order.
-    let mut settings: Vec<(String, usize, usize, Vec<(String, String)>)> = Vec::new();
+    // Balancer parameters (ProxyPass, ProxySet), in order.
+    let mut settings: Vec<BalancerParams> = Vec::new();
     let mut admin_allow: Vec<String> = Vec::new();
     let mut used_balancer: Option<String> = None;
     let mut agent = AgentHint::default();
     let mut map_file: Option<String> = None;
-    let mut note = |balancers: &mut Vec<(String, String)>, name: &str, file: usize, line: usize| {
+    let note = |balancers: &mut Vec<(String, String)>, name: &str, file: usize, line: usize| {
         if !balancers.iter().any(|(b, _)| b == name) {
             balancers.push((name.to_owned(), at(file, line)));
         }
