@@ -167,16 +167,13 @@ impl Agent {
 }
 
 impl Handler for Agent {
-    async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    async fn handle(&self, mut request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         self.metrics.request();
-        let host = match request::check(&request) {
-            Ok(host) => host,
-            Err(refusal) => {
-                self.stats.client_fault(ClientFault::Refused);
-                tracing::debug!(client = %conn.remote, reason = refusal.reason, "request refused");
-                return request::refusal_response(&refusal);
-            }
-        };
+        if let Err(refusal) = request::admit(&mut request) {
+            self.stats.client_fault(ClientFault::Refused);
+            tracing::debug!(client = %conn.remote, reason = refusal.reason, "request refused");
+            return request::refusal_response(&refusal);
+        }
         self.settings.identity.note_local(conn.local.ip());
         let plan = self.plan(&request, conn.local.ip());
         let origin = Origin {
@@ -190,7 +187,7 @@ impl Handler for Agent {
         };
         let mut response = match self
             .upstreams
-            .forward(request, host, &self.settings.upstream, origin, requester)
+            .forward(request, &self.settings.upstream, origin, requester)
             .await
         {
             Ok(response) => body::streamed(response, None),

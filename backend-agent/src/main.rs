@@ -46,7 +46,11 @@ fn main() -> ExitCode {
 
 async fn run(args: AgentArgs, settings: Settings, location: MapLocation) -> anyhow::Result<bool> {
     let open_files = raise_open_file_limit();
-    let max_connections = fit_to_descriptors(args.client_limits.max_connections, open_files);
+    let wanted = args
+        .client_limits
+        .max_connections
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let max_connections = fit_to_descriptors(wanted, open_files);
     let lifecycle = Arc::new(Lifecycle::default());
     let (live, _source) = start_map(&location, args.map.routemap_debounce).await?;
     let workers = args

@@ -146,20 +146,11 @@ impl Proxy {
         &self,
         table: Arc<MemberTable>,
         request: Request<Incoming>,
-        host: Option<HeaderValue>,
-        conn: ConnInfo,
+        origin: Origin,
+        requester: Requester,
         mut choice: Choice,
     ) -> Response<Body> {
-        let origin = Origin {
-            client: conn.remote,
-            proto: "http",
-            forwarded: Forwarded::Edge,
-        };
-        let requester = Requester {
-            conn: conn.id,
-            first: conn.first_request,
-        };
-        let (mut head, body) = Prepared::new(request, host, origin);
+        let (mut head, body) = Prepared::new(request, origin);
         let mut unsent = Unsent::Body(body);
         let mut tried: Vec<usize> = Vec::new();
         let mut outcome = choice.outcome;
@@ -203,7 +194,7 @@ impl Proxy {
                         ForwardError::ClientStalled(_) => ClientFault::UploadStalled,
                         _ => ClientFault::UploadBroken,
                     });
-                    tracing::debug!(client = %conn.remote, route = %member.route, %error, "the client's upload failed; not the member's fault");
+                    tracing::debug!(client = %origin.client, route = %member.route, %error, "the client's upload failed; not the member's fault");
                     self.metrics.outcome(outcome);
                     return error_response(&error);
                 }
@@ -296,15 +287,12 @@ fn error_response(error: &ForwardError) -> Response<Body> {
 }
 
 impl Handler for Proxy {
-    async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
-        let host = match request::check(&request) {
-            Ok(host) => host,
-            Err(refusal) => {
-                self.stats.client_fault(ClientFault::Refused);
-                tracing::debug!(client = %conn.remote, reason = refusal.reason, "request refused");
-                return request::refusal_response(&refusal);
-            }
-        };
+    async fn handle(&self, mut request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        if let Err(refusal) = request::admit(&mut request) {
+            self.stats.client_fault(ClientFault::Refused);
+            tracing::debug!(client = %conn.remote, reason = refusal.reason, "request refused");
+            return request::refusal_response(&refusal);
+        }
         let Some(table) = self.balancer.table() else {
             return self.refuse(Refusal {
                 outcome: Outcome::NoMember,
@@ -315,7 +303,19 @@ impl Handler for Proxy {
         let path = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         let sticky = self.settings.sticky.extract(path, request.headers());
         match self.choose(&table, sticky, now_ms()) {
-            Ok(choice) => self.forward(table, request, host, conn, choice).await,
+            Ok(choice) => {
+                let origin = Origin {
+                    client: conn.remote,
+                    proto: "http",
+                    forwarded: Forwarded::Edge,
+                };
+                let requester = Requester {
+                    conn: conn.id,
+                    first: conn.first_request,
+                };
+                self.forward(table, request, origin, requester, choice)
+                    .await
+            }
             Err(refusal) => self.refuse(refusal),
         }
     }

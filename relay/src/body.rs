@@ -143,13 +143,14 @@ pub enum UploadError {
 pub struct OutgoingBody {
     inner: Option<Incoming>,
     touched: bool,
+    /// Whether `stall` is armed for the current wait.
+    armed: bool,
     home: Option<oneshot::Sender<Incoming>>,
     meter: Option<Arc<dyn Meter>>,
+    /// `None` for an empty body, which never waits.
     progress: Option<Arc<Progress>>,
-    idle: Duration,
-    /// Armed while the client's body is awaited; allocated the first time it has to be.
+    /// Times a wait for the client's bytes; allocated the first time one has to wait.
     stall: Option<Pin<Box<Sleep>>>,
-    armed: bool,
 }
 
 /// When an upload last moved and whose turn it is, so that a slow upload is told from a
@@ -162,14 +163,19 @@ pub(crate) struct Progress {
     last_ms: AtomicU64,
     /// The client's next bytes are awaited (rather than the member taking the last ones).
     awaiting_client: AtomicBool,
+    /// How long the client may leave the body without new bytes. (Kept here, with the
+    /// rest of what only a body with bytes needs, to keep the body itself small: it is
+    /// moved by value through every layer of an exchange.)
+    idle: Duration,
 }
 
 impl Progress {
-    fn new() -> Self {
+    fn new(idle: Duration) -> Self {
         Self {
             started: Instant::now(),
             last_ms: AtomicU64::new(0),
             awaiting_client: AtomicBool::new(false),
+            idle,
         }
     }
 
@@ -210,12 +216,11 @@ impl OutgoingBody {
         let body = Self {
             inner: Some(body),
             touched: false,
+            armed: false,
             home,
             meter,
-            progress: (!empty).then(|| Arc::new(Progress::new())),
-            idle,
+            progress: (!empty).then(|| Arc::new(Progress::new(idle))),
             stall: None,
-            armed: false,
         };
         (body, reclaim)
     }
@@ -225,12 +230,11 @@ impl OutgoingBody {
         Self {
             inner: None,
             touched: false,
+            armed: false,
             home: None,
             meter,
             progress: None,
-            idle: Duration::MAX,
             stall: None,
-            armed: false,
         }
     }
 
@@ -241,16 +245,19 @@ impl OutgoingBody {
 
     /// The client's bytes are awaited: an error once they have been for the idle time.
     fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<UploadError> {
+        let Some(idle) = self.progress.as_ref().map(|p| p.idle) else {
+            return Poll::Pending;
+        };
         if !self.armed {
             self.armed = true;
-            let deadline = tokio::time::Instant::now() + self.idle;
+            let deadline = tokio::time::Instant::now() + idle;
             match &mut self.stall {
                 Some(stall) => stall.as_mut().reset(deadline),
                 None => self.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
             }
         }
         match self.stall.as_mut().map(|stall| stall.as_mut().poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(UploadError::Stalled(self.idle)),
+            Some(Poll::Ready(())) => Poll::Ready(UploadError::Stalled(idle)),
             _ => Poll::Pending,
         }
     }

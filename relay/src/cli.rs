@@ -194,13 +194,10 @@ pub struct ClientLimitArgs {
     #[arg(long, default_value_t = 100, value_name = "COUNT")]
     pub max_headers: usize,
     /// Most client connections open at once on the traffic listener; more are closed at
-    /// once. Lowered to what the open file limit allows.
-    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "COUNT")]
-    pub max_connections: usize,
+    /// once. Default 10000, lowered to what the open file limit allows.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), value_name = "COUNT")]
+    pub max_connections: Option<u64>,
 }
-
-/// The default of `--max-connections`.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 impl ClientLimitArgs {
     /// The limits, with `idle_timeout` bounding writes to clients that stopped reading.

@@ -151,27 +151,15 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Splits `request` into the prepared head and its body. `host` is the request's
-    /// validated host (see [`crate::request::check`]): it is what the upstream gets as
-    /// `Host`, whatever the client sent as that header.
-    pub fn new(
-        mut request: Request<Incoming>,
-        host: Option<HeaderValue>,
-        origin: Origin,
-    ) -> (Self, Incoming) {
+    /// Splits `request` into the prepared head and its body. The request has been
+    /// admitted ([`crate::request::admit`]): its `Host` header is the host to forward.
+    pub fn new(mut request: Request<Incoming>, origin: Origin) -> (Self, Incoming) {
         let upgrade = (request.version() == Version::HTTP_11
             && headers::wants_upgrade(request.headers()))
         .then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
+        let host = parts.headers.get(header::HOST).cloned();
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
-        match &host {
-            Some(host) => {
-                parts.headers.insert(header::HOST, host.clone());
-            }
-            None => {
-                parts.headers.remove(header::HOST);
-            }
-        }
         headers::add_forwarded(
             &mut parts.headers,
             origin.client.ip(),
@@ -180,7 +168,7 @@ impl Prepared {
             origin.forwarded,
         );
         // Origin-form target, whatever form the client used (an absolute-form target's
-        // authority became the Host above, as RFC 9112 §3.2.2 asks).
+        // authority became the Host, as RFC 9112 §3.2.2 asks).
         let path = parts
             .uri
             .path_and_query()
@@ -216,16 +204,15 @@ impl Upstreams {
         OutgoingBody::guard(body, meter, self.timeouts.inactivity)
     }
 
-    /// Forwards `request` to `upstream` once, streaming both bodies.
+    /// Forwards an admitted `request` to `upstream` once, streaming both bodies.
     pub async fn forward(
         &self,
         request: Request<Incoming>,
-        host: Option<HeaderValue>,
         upstream: &Authority,
         origin: Origin,
         requester: Requester,
     ) -> Result<Response<Streamed>, ForwardError> {
-        let (mut head, body) = Prepared::new(request, host, origin);
+        let (mut head, body) = Prepared::new(request, origin);
         let (body, _) = self.upload(body, None);
         self.send(&mut head, body, upstream, requester).await
     }

@@ -11,7 +11,7 @@
 //!
 //! The host the upstream gets is the request target's authority when there is one (an
 //! absolute-form target, RFC 9112 §3.2.2; HTTP/2's `:authority`, RFC 9113 §8.3.1), else
-//! the `Host` header. (A final coding other than `chunked` never gets here: the HTTP/1
+//! the `Host` header: [`admit`] leaves it as the request's one `Host` header. (A final coding other than `chunked` never gets here: the HTTP/1
 //! parser answers 400 itself, as RFC 9112 §6.3 requires, since such a body has no length.)
 
 use crate::body::{self, Body};
@@ -50,9 +50,33 @@ pub fn refusal_response(refusal: &Refusal) -> Response<Body> {
     response
 }
 
-/// Checks `request`; on success, the host to forward (`None` for an HTTP/1.0 request
-/// that named none).
-pub fn check<B>(request: &Request<B>) -> Result<Option<HeaderValue>, Refusal> {
+/// Checks `request` and, when it may be forwarded, leaves the host to forward as its one
+/// `Host` header (none for an HTTP/1.0 request that named none).
+pub fn admit<B>(request: &mut Request<B>) -> Result<(), Refusal> {
+    match check(request)? {
+        Host::Header => {}
+        Host::Target(host) => {
+            request.headers_mut().insert(HOST, host);
+        }
+        Host::None => {}
+    }
+    Ok(())
+}
+
+/// Where the host to forward comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// The request's one `Host` header, as it is.
+    Header,
+    /// The request target's authority (absolute form, HTTP/2 `:authority`), which differs
+    /// from the `Host` header or replaces a missing one.
+    Target(HeaderValue),
+    /// An HTTP/1.0 request that names no host.
+    None,
+}
+
+/// Checks `request`; on success, where the host to forward comes from.
+pub fn check<B>(request: &Request<B>) -> Result<Host, Refusal> {
     if request.method() == Method::CONNECT {
         return Err(Refusal::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -88,11 +112,21 @@ pub fn check<B>(request: &Request<B>) -> Result<Option<HeaderValue>, Refusal> {
                 "invalid authority in the request target",
             ));
         }
-        return Ok(HeaderValue::from_str(authority.as_str()).ok());
+        if header.is_some_and(|h| h.as_bytes() == authority.as_str().as_bytes()) {
+            return Ok(Host::Header);
+        }
+        return HeaderValue::from_str(authority.as_str())
+            .map(Host::Target)
+            .map_err(|_| {
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid authority in the request target",
+                )
+            });
     }
     match header {
-        Some(header) => Ok(Some(header.clone())),
-        None if request.version() == Version::HTTP_10 => Ok(None),
+        Some(_) => Ok(Host::Header),
+        None if request.version() == Version::HTTP_10 => Ok(Host::None),
         None => Err(Refusal::new(StatusCode::BAD_REQUEST, "no Host header")),
     }
 }
@@ -106,18 +140,16 @@ fn only_chunked<B>(request: &Request<B>) -> bool {
         && codings.next().is_none()
 }
 
-/// `host[:port]` (RFC 3986 §3.2.2): a registered name, an IPv4 address or a bracketed IP
-/// literal, and an optional numeric port; no user information. Checked on the bytes, with
+/// `host[:port]` (RFC 3986 §3.2.2): a registered name, an IPv4 address or a bracketed IPv6
+/// address, and an optional numeric port; no user information. Checked on the bytes, with
 /// no allocation: it runs for every request.
 fn valid_host(bytes: &[u8]) -> bool {
     let (host_ok, rest) = match bytes.strip_prefix(b"[") {
         Some(literal) => match literal.iter().position(|&b| b == b']') {
             Some(close) => {
                 let (inside, after) = literal.split_at(close);
-                let ok = !inside.is_empty()
-                    && inside
-                        .iter()
-                        .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
+                let ok = std::str::from_utf8(inside)
+                    .is_ok_and(|text| text.parse::<std::net::Ipv6Addr>().is_ok());
                 (ok, after.strip_prefix(b"]").unwrap_or(after))
             }
             None => (false, &b""[..]),
@@ -125,8 +157,7 @@ fn valid_host(bytes: &[u8]) -> bool {
         None => {
             let end = bytes.iter().position(|&b| b == b':').unwrap_or(bytes.len());
             let (name, after) = bytes.split_at(end);
-            let ok = !name.is_empty() && name.iter().all(|&b| is_reg_name_byte(b));
-            (ok, after)
+            (!name.is_empty() && is_reg_name(name), after)
         }
     };
     host_ok
@@ -136,10 +167,30 @@ fn valid_host(bytes: &[u8]) -> bool {
                 .is_some_and(|port| port.iter().all(u8::is_ascii_digit)))
 }
 
-/// `unreserved / pct-encoded / sub-delims` (RFC 3986 §3.2.2).
-fn is_reg_name_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b)
+/// `*( unreserved / sub-delims )` (RFC 3986 §3.2.2). Percent-encoding, which the RFC
+/// allows but no DNS name needs (international names travel as punycode), is refused, as
+/// most HTTP stacks (the `http` crate's `Authority` among them) refuse it.
+fn is_reg_name(name: &[u8]) -> bool {
+    name.iter().all(|&b| REG_NAME[usize::from(b)])
 }
+
+/// The bytes of a registered name, as a table: this runs for every request.
+const REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let extra = b"-._~!$&'()*+,;=";
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {
@@ -153,8 +204,15 @@ mod tests {
         builder.body(()).unwrap()
     }
 
+    /// The host forwarded for an HTTP/1.1 `GET /` with `headers`.
     fn h1(headers: &[(&str, &str)]) -> Result<Option<HeaderValue>, Refusal> {
-        check(&request("GET", "/", Version::HTTP_11, headers))
+        forwarded(request("GET", "/", Version::HTTP_11, headers))
+    }
+
+    fn forwarded(mut request: Request<()>) -> Result<Option<HeaderValue>, Refusal> {
+        admit(&mut request)?;
+        assert!(request.headers().get_all(HOST).iter().count() <= 1);
+        Ok(request.headers().get(HOST).cloned())
     }
 
     #[test]
@@ -175,9 +233,12 @@ mod tests {
             &[][..],
             &[("host", "a"), ("host", "a")],
             &[("host", "[::1")],
+            &[("host", "[:::::]")],
             &[("host", "[]")],
             &[("host", "a:1:2")],
             &[("host", ":80")],
+            &[("host", "%s=7chu")],
+            &[("host", "a%41b")],
             &[("host", "")],
             &[("host", "a b")],
             &[("host", "user@shop.example")],
@@ -190,7 +251,7 @@ mod tests {
             );
         }
         assert_eq!(
-            check(&request("GET", "/", Version::HTTP_10, &[])).unwrap(),
+            forwarded(request("GET", "/", Version::HTTP_10, &[])).unwrap(),
             None,
             "HTTP/1.0 may name no host"
         );
@@ -204,9 +265,16 @@ mod tests {
             Version::HTTP_11,
             &[("host", "other.example")],
         );
-        assert_eq!(check(&absolute).unwrap().unwrap(), "shop.example:8443");
+        assert_eq!(forwarded(absolute).unwrap().unwrap(), "shop.example:8443");
         let h2 = request("GET", "https://shop.example/", Version::HTTP_2, &[]);
-        assert_eq!(check(&h2).unwrap().unwrap(), "shop.example");
+        assert_eq!(forwarded(h2).unwrap().unwrap(), "shop.example");
+        let same = request(
+            "GET",
+            "http://shop.example/",
+            Version::HTTP_11,
+            &[("host", "shop.example")],
+        );
+        assert_eq!(check(&same).unwrap(), Host::Header, "nothing to copy");
     }
 
     #[test]

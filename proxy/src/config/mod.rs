@@ -88,9 +88,9 @@ pub struct Settings {
     pub admin_allow: Vec<Cidr>,
     /// Names the balancer-manager answers to, besides its address, localhost and loopback.
     pub admin_hosts: Vec<String>,
-    /// Client connections the traffic listeners hold at once (before fitting it to the
-    /// open file limit at start).
-    pub max_connections: usize,
+    /// Client connections the traffic listeners hold at once, as configured (`None`: the
+    /// default); fitted to the open file limit at start.
+    pub max_connections: Option<usize>,
     pub admin_tokens: Vec<Token>,
     pub agent_admin_port: Option<u16>,
     pub agent_poll_interval: Duration,
@@ -143,10 +143,8 @@ impl ProxyOptions {
                     .ok_or_else(|| ConfigError::AdminHost(name.clone()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let max_connections = self
-            .max_connections
-            .unwrap_or(stickyroute_relay::cli::DEFAULT_MAX_CONNECTIONS);
-        if max_connections == 0 {
+        let max_connections = self.max_connections;
+        if max_connections == Some(0) {
             return Err(ConfigError::MaxConnections);
         }
         let idle_timeout = self.idle_timeout.unwrap_or(Duration::from_secs(60));

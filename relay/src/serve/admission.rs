@@ -36,11 +36,16 @@ pub fn raise_open_file_limit() -> u64 {
     }
 }
 
-/// The traffic connection limit that fits `open_files`: `wanted`, or less (with a
-/// warning) when each connection and its upstream would not get a descriptor.
-pub fn fit_to_descriptors(wanted: usize, open_files: u64) -> usize {
+/// The traffic connection limit that fits `open_files`: `wanted` (the default when
+/// `None`), or less when each connection and its upstream would not get a descriptor. A
+/// limit the operator set and that cannot be kept is warned about; the default is just
+/// fitted.
+pub fn fit_to_descriptors(wanted: Option<usize>, open_files: u64) -> usize {
     let fits = open_files.saturating_sub(RESERVED_DESCRIPTORS) / 2;
     let fits = usize::try_from(fits).unwrap_or(usize::MAX).max(1);
+    let Some(wanted) = wanted else {
+        return DEFAULT_MAX_CONNECTIONS.min(fits);
+    };
     if wanted > fits {
         tracing::warn!(
             max_connections = wanted,
@@ -53,6 +58,9 @@ pub fn fit_to_descriptors(wanted: usize, open_files: u64) -> usize {
         wanted
     }
 }
+
+/// `--max-connections` when not given (lowered to what the open file limit allows).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// The connection limit of one listener group, shared by its workers.
 #[derive(Debug)]
@@ -128,8 +136,10 @@ mod tests {
 
     #[test]
     fn the_limit_fits_the_descriptors() {
-        assert_eq!(fit_to_descriptors(10_000, 1_048_576), 10_000);
-        assert_eq!(fit_to_descriptors(10_000, 1024), 384);
-        assert_eq!(fit_to_descriptors(10_000, 100), 1);
+        assert_eq!(fit_to_descriptors(None, 1_048_576), DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(fit_to_descriptors(None, 1024), 384);
+        assert_eq!(fit_to_descriptors(Some(50_000), 1_048_576), 50_000);
+        assert_eq!(fit_to_descriptors(Some(10_000), 1024), 384);
+        assert_eq!(fit_to_descriptors(Some(10_000), 100), 1);
     }
 }

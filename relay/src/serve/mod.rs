@@ -20,7 +20,7 @@ pub mod stats;
 use crate::body::Body;
 use admission::Admission;
 use client_io::ClientIo;
-use connection::{ConnState, Tracked};
+use connection::{Close, ConnState, Tracked};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -30,8 +30,9 @@ use stats::Silence;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -124,9 +125,18 @@ pub async fn serve<H: Handler>(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let connections = TaskTracker::new();
+    // Every open connection, for the sweeper.
+    let mut live: Vec<Weak<ConnState>> = Vec::new();
+    let timeout = limits.header_read_timeout;
+    let mut sweep = tokio::time::interval(sweep_interval(timeout));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (stream, remote) = tokio::select! {
             () = stop.cancelled() => break,
+            _ = sweep.tick() => {
+                sweep_idle(&mut live, timeout, &admission);
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(error) => {
@@ -153,35 +163,61 @@ pub async fn serve<H: Handler>(
             first_request: true,
         };
         let io = ClientIo::new(stream, limits.idle_timeout, slot, admission.stats().clone());
+        let state = ConnState::new();
+        live.push(Arc::downgrade(&state));
         connections.spawn(serve_connection(
             io,
             conn,
+            state,
             handler.clone(),
             builder.clone(),
-            limits,
-            admission.clone(),
-            stop.clone(),
         ));
     }
     drop(listener);
+    for state in live.iter().filter_map(Weak::upgrade) {
+        state.ask(Close::Shutdown);
+    }
     connections.close();
     tokio::time::timeout(grace, connections.wait())
         .await
         .is_ok()
 }
 
-/// One connection, from its accept to its close: served by hyper, watched for silence,
-/// stopped gracefully at shutdown.
+/// How often the sweeper looks for idle connections: a quarter of the timeout, so a
+/// connection is closed at most a quarter late, and at least every second.
+fn sweep_interval(timeout: Duration) -> Duration {
+    (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+/// Asks every connection idle for `timeout` to close; forgets the closed ones.
+fn sweep_idle(live: &mut Vec<Weak<ConnState>>, timeout: Duration, admission: &Admission) {
+    live.retain(|weak| {
+        let Some(state) = weak.upgrade() else {
+            return false;
+        };
+        if state.idle_left(timeout).is_some_and(|left| left.is_zero()) {
+            let silence = if state.served_any() {
+                Silence::KeepAlive
+            } else {
+                Silence::FirstRequest
+            };
+            admission.stats().silent(silence);
+            state.ask(Close::Idle);
+            return false;
+        }
+        true
+    });
+}
+
+/// One connection, from its accept to its close: served by hyper, closed gracefully when
+/// the sweeper asks (idle, or shutting down).
 async fn serve_connection<H: Handler>(
     io: ClientIo,
     conn: ConnInfo,
+    state: Arc<ConnState>,
     handler: Arc<H>,
     builder: auto::Builder<TokioExecutor>,
-    limits: ServerLimits,
-    admission: Arc<Admission>,
-    stop: CancellationToken,
 ) {
-    let state = ConnState::new();
     let requests = state.clone();
     let service = service_fn(move |request| {
         let in_flight = requests.begin();
@@ -197,32 +233,30 @@ async fn serve_connection<H: Handler>(
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
-    let timeout = limits.header_read_timeout;
-    let mut stopping = false;
-    loop {
-        let check = state.idle_left(timeout).unwrap_or(timeout);
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(client = %conn.remote, %error, "connection ended with an error");
-                }
-                return;
-            }
-            () = stop.cancelled(), if !stopping => {
-                stopping = true;
-                connection.as_mut().graceful_shutdown();
-            }
-            () = tokio::time::sleep(check) => {
-                if state.idle_left(timeout).is_some_and(|left| left.is_zero()) {
-                    let silence = if state.served_any() { Silence::KeepAlive } else { Silence::FirstRequest };
-                    admission.stats().silent(silence);
-                    tracing::debug!(client = %conn.remote, ?silence, "closing a connection that sent no complete request in time");
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(GOODBYE, connection.as_mut()).await;
-                    return;
-                }
+    let mut closing = None;
+    let mut goodbye: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let result = std::future::poll_fn(|cx| {
+        if closing.is_none()
+            && let Some(close) = state.asked(cx)
+        {
+            closing = Some(close);
+            connection.as_mut().graceful_shutdown();
+            if close == Close::Idle {
+                tracing::debug!(client = %conn.remote, "closing a connection that sent no complete request in time");
+                goodbye = Some(Box::pin(tokio::time::sleep(GOODBYE)));
             }
         }
+        if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+            return Poll::Ready(result);
+        }
+        match goodbye.as_mut().map(|sleep| sleep.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Ok(())),
+            _ => Poll::Pending,
+        }
+    })
+    .await;
+    if let Err(error) = result {
+        tracing::debug!(client = %conn.remote, %error, "connection ended with an error");
     }
 }
 

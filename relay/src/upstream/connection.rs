@@ -18,8 +18,8 @@ use tokio::time::{Instant, Sleep};
 
 /// Smallest and largest read: reads start small (most responses are) and double while
 /// they fill the space offered, for large bodies.
-const MIN_READ: usize = 8 * 1024;
-const MAX_READ: usize = 256 * 1024;
+const MIN_READ: u32 = 8 * 1024;
+const MAX_READ: u32 = 256 * 1024;
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,13 +56,12 @@ impl ExchangeError {
 pub struct Connection {
     stream: TcpStream,
     pub(super) buf: BytesMut,
-    read_size: usize,
-    /// The client connection that last used it (see [`super::pool`]).
-    pub(super) owner: u64,
+    read_size: u32,
+    /// Whether `silence` is armed for the current wait.
+    waiting: bool,
     /// Times silence in the middle of a response body (see [`Self::poll_read_more`]);
     /// allocated the first time a body has to wait, then reused for the connection's life.
     silence: Option<Pin<Box<Sleep>>>,
-    waiting: bool,
 }
 
 impl Connection {
@@ -81,9 +80,8 @@ impl Connection {
             stream,
             buf: BytesMut::new(),
             read_size: MIN_READ,
-            owner: 0,
-            silence: None,
             waiting: false,
+            silence: None,
         })
     }
 
@@ -168,7 +166,7 @@ impl Connection {
         cx: &mut Context<'_>,
         silence: Duration,
     ) -> Poll<io::Result<usize>> {
-        self.buf.reserve(self.read_size);
+        self.buf.reserve(self.read_size as usize);
         let offered = self.buf.capacity() - self.buf.len();
         let polled = tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf);
         match polled {
@@ -204,7 +202,7 @@ impl Connection {
     /// Lets go of a large read buffer (grown for a big body) before the connection waits
     /// in the pool, where hundreds of idle connections may sit.
     pub(super) fn shrink_for_idle(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > 2 * MIN_READ {
+        if self.buf.is_empty() && self.buf.capacity() > 2 * MIN_READ as usize {
             self.buf = BytesMut::new();
             self.read_size = MIN_READ;
         }
@@ -225,7 +223,7 @@ impl Connection {
 async fn read_head<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
-    read_size: &mut usize,
+    read_size: &mut u32,
     head_method: bool,
 ) -> Result<ResponseHead, ExchangeError> {
     let mut received = false;
@@ -240,7 +238,7 @@ async fn read_head<R: AsyncRead + Unpin>(
                 return Ok(head);
             }
         }
-        buf.reserve(*read_size);
+        buf.reserve(*read_size as usize);
         match reader.read_buf(buf).await {
             Ok(0) if received => return Err(ExchangeError::ClosedInHead),
             Ok(0) => return Err(ExchangeError::ClosedBeforeResponse),

@@ -42,8 +42,12 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-/// Most idle connections kept per upstream and worker; more are closed when returned.
-const MAX_IDLE_PER_UPSTREAM: usize = 512;
+/// Most idle connections kept per upstream and worker (nginx's `keepalive 32` is the same
+/// kind of cache). A busy connection is not idle, so this bounds only the spares: with the
+/// reuse rules below every new client connection opens a connection of its own, and
+/// without a small cap a stream of short-lived clients would leave hundreds of idle
+/// connections (and descriptors, on both sides) per member. The oldest goes first.
+const MAX_IDLE_PER_UPSTREAM: usize = 64;
 
 /// How deep into an upstream's idle connections a request looks for one its own client
 /// connection used (the most recently returned are on top).
@@ -104,8 +108,11 @@ struct Idles {
 }
 
 struct Idle {
-    conn: Connection,
+    /// The client connection that used it last (kept here, next to `since`, so the search
+    /// reads one small contiguous run of memory).
+    owner: u64,
     since: Instant,
+    conn: Connection,
 }
 
 impl Pool {
@@ -141,12 +148,10 @@ impl Pool {
             Some(conn) => conn,
             None => self.open_with(upstream, request).await?,
         };
-        conn.owner = requester.conn;
         let (head, sent_whole) = match conn.finish(request, body).await {
             Ok(answer) => answer,
             Err(error) if reused && request.replayable && error.nothing_received() => {
                 conn = self.open_with(upstream, request).await?;
-                conn.owner = requester.conn;
                 conn.finish(request, OutgoingBody::empty(None)).await?
             }
             Err(error) => return Err(error.into()),
@@ -157,6 +162,7 @@ impl Pool {
         let home = (head.keep_alive && sent_whole).then(|| Home {
             pool: self.shared.clone(),
             upstream: upstream.clone(),
+            owner: requester.conn,
         });
         let body = BodyReader::new(conn, head.framing, home, self.shared.timeouts.body_silence);
         Ok((head, body))
@@ -177,8 +183,10 @@ impl Pool {
                 .iter()
                 .rev()
                 .take(OWN_SEARCH_DEPTH)
-                .position(|idle| idle.conn.owner == requester.conn);
-            let idle = list.remove(own.map_or(top, |from_top| top - from_top));
+                .position(|idle| idle.owner == requester.conn);
+            // The top one moves into the gap: the order near the top matters little, and
+            // nothing is shifted.
+            let idle = list.swap_remove(own.map_or(top, |from_top| top - from_top));
             if idle.since.elapsed() < timeout && idle.conn.is_reusable() {
                 return Some(idle.conn);
             }
@@ -235,6 +243,8 @@ impl Hasher for Fnv {
 pub(crate) struct Home {
     pool: Arc<Shared>,
     upstream: Authority,
+    /// The client connection the response was for: the connection's owner from now on.
+    owner: u64,
 }
 
 impl Home {
@@ -254,9 +264,14 @@ impl Home {
             });
         }
         let list = idles.by_upstream.entry(self.upstream).or_default();
-        if list.len() < MAX_IDLE_PER_UPSTREAM {
-            list.push(Idle { conn, since: now });
+        if list.len() >= MAX_IDLE_PER_UPSTREAM {
+            list.remove(0);
         }
+        list.push(Idle {
+            owner: self.owner,
+            since: now,
+            conn,
+        });
     }
 }
 
@@ -426,11 +441,12 @@ mod tests {
         })
         .await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
-        let idle_owners: Vec<u64> = pool.shared.lock().by_upstream[&upstream]
+        let mut idle_owners: Vec<u64> = pool.shared.lock().by_upstream[&upstream]
             .iter()
-            .map(|idle| idle.conn.owner)
+            .map(|idle| idle.owner)
             .collect();
-        assert_eq!(idle_owners, [2, 1], "client 1 took back its own");
+        idle_owners.sort_unstable();
+        assert_eq!(idle_owners, [1, 2], "client 1 took back its own");
         // A later request of a client with no connection of its own takes any.
         send(Requester {
             conn: 3,
