@@ -15,6 +15,11 @@ const MAX_TRAILER_FIELDS: usize = 64;
 #[derive(Debug, Default)]
 pub struct ChunkedDecoder {
     state: State,
+    /// How much of the buffer's start was already searched for the end of a size line or
+    /// of the trailers, so that bytes arriving a few at a time are not searched again: a
+    /// member sending a 4 KiB size line one byte at a time must not cost 4 KiB of scanning
+    /// per byte.
+    scanned: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -56,9 +61,11 @@ impl ChunkedDecoder {
         loop {
             match self.state {
                 State::Size => {
-                    let Some(end) = line_end(buf)? else {
+                    let Some(end) = line_end(buf, self.scanned)? else {
+                        self.scanned = buf.len();
                         return Ok(Step::NeedMore);
                     };
+                    self.scanned = 0;
                     let size = chunk_size(&buf[..end])?;
                     buf.advance(end + 2);
                     self.state = if size == 0 {
@@ -100,12 +107,17 @@ impl ChunkedDecoder {
                         return Ok(Step::End);
                     }
                     let window = &buf[..buf.len().min(MAX_TRAILERS)];
-                    let Some(end) = window.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    // The end may straddle what was searched before: back up three bytes.
+                    let from = self.scanned.saturating_sub(3).min(window.len());
+                    let found = window[from..].windows(4).position(|w| w == b"\r\n\r\n");
+                    let Some(end) = found.map(|at| from + at) else {
                         if buf.len() >= MAX_TRAILERS {
                             return Err(ChunkedError::Trailers);
                         }
+                        self.scanned = window.len();
                         return Ok(Step::NeedMore);
                     };
+                    self.scanned = 0;
                     let trailers = trailers(&buf[..end + 4])?;
                     buf.advance(end + 4);
                     self.state = State::Done;
@@ -117,10 +129,16 @@ impl ChunkedDecoder {
     }
 }
 
-/// Where the first line in `buf` ends (the index of its CR), if it is complete.
-fn line_end(buf: &[u8]) -> Result<Option<usize>, ChunkedError> {
+/// Where the first line in `buf` ends (the index of its CR), if it is complete; the
+/// first `scanned` bytes are known to hold no line feed.
+fn line_end(buf: &[u8], scanned: usize) -> Result<Option<usize>, ChunkedError> {
     let window = &buf[..buf.len().min(MAX_LINE)];
-    match window.iter().position(|&b| b == b'\n') {
+    let from = scanned.min(window.len());
+    match window[from..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|at| from + at)
+    {
         Some(lf) if lf > 0 && window[lf - 1] == b'\r' => Ok(Some(lf - 1)),
         Some(_) => Err(ChunkedError::Size),
         None if buf.len() >= MAX_LINE => Err(ChunkedError::LineTooLong),
