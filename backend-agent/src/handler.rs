@@ -14,12 +14,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use stickyroute_relay::body::{self, Body};
-use stickyroute_relay::forward::{ErrorSource, ForwardError, Origin, Upstreams};
+use stickyroute_relay::forward::{ErrorSource, ForwardError, Upstreams};
 use stickyroute_relay::headers::Forwarded;
 use stickyroute_relay::request;
-use stickyroute_relay::serve::stats::{ClientFault, ServeStats};
+use stickyroute_relay::serve::stats::ServeStats;
 use stickyroute_relay::serve::{ConnInfo, Handler};
-use stickyroute_relay::upstream::Requester;
 
 /// What every worker's [`Agent`] shares.
 pub struct AgentShared {
@@ -169,25 +168,15 @@ impl Agent {
 impl Handler for Agent {
     async fn handle(&self, mut request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         self.metrics.request();
-        if let Err(refusal) = request::admit(&mut request) {
-            self.stats.client_fault(ClientFault::Refused);
-            tracing::debug!(client = %conn.remote, reason = refusal.reason, "request refused");
-            return request::refusal_response(&refusal);
+        if let Some(answer) = request::admit_or_answer(&mut request, &self.stats, conn.remote) {
+            return answer;
         }
         self.settings.identity.note_local(conn.local.ip());
         let plan = self.plan(&request, conn.local.ip());
-        let origin = Origin {
-            client: conn.remote,
-            proto: "http",
-            forwarded: Forwarded::BehindProxy,
-        };
-        let requester = Requester {
-            conn: conn.id,
-            first: conn.first_request,
-        };
+        let origin = conn.origin(Forwarded::BehindProxy);
         let mut response = match self
             .upstreams
-            .forward(request, &self.settings.upstream, origin, requester)
+            .forward(request, &self.settings.upstream, origin, conn.requester())
             .await
         {
             Ok(response) => body::streamed(response, None),
@@ -206,10 +195,9 @@ impl Agent {
         let mut response = body::text(error.status(), format!("{}\n", error.status()));
         match error.source() {
             ErrorSource::Client => {
-                self.stats.client_fault(match error {
-                    ForwardError::ClientStalled(_) => ClientFault::UploadStalled,
-                    _ => ClientFault::UploadBroken,
-                });
+                if let Some(fault) = error.client_fault() {
+                    self.stats.client_fault(fault);
+                }
                 tracing::debug!(client = %conn.remote, %error, "the client's upload failed; not the app's fault");
                 response.headers_mut().insert(
                     http::header::CONNECTION,

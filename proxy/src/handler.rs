@@ -25,7 +25,7 @@ use stickyroute_relay::clock::now_ms;
 use stickyroute_relay::forward::{ErrorSource, ForwardError, Origin, Prepared, Upstreams};
 use stickyroute_relay::headers::Forwarded;
 use stickyroute_relay::request;
-use stickyroute_relay::serve::stats::{ClientFault, ServeStats};
+use stickyroute_relay::serve::stats::ServeStats;
 use stickyroute_relay::serve::{ConnInfo, Handler};
 use stickyroute_relay::upstream::Requester;
 
@@ -190,10 +190,9 @@ impl Proxy {
             drop(meter);
             match error.source() {
                 ErrorSource::Client => {
-                    self.stats.client_fault(match error {
-                        ForwardError::ClientStalled(_) => ClientFault::UploadStalled,
-                        _ => ClientFault::UploadBroken,
-                    });
+                    if let Some(fault) = error.client_fault() {
+                        self.stats.client_fault(fault);
+                    }
                     tracing::debug!(client = %origin.client, route = %member.route, %error, "the client's upload failed; not the member's fault");
                     self.metrics.outcome(outcome);
                     return error_response(&error);
@@ -288,10 +287,8 @@ fn error_response(error: &ForwardError) -> Response<Body> {
 
 impl Handler for Proxy {
     async fn handle(&self, mut request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
-        if let Err(refusal) = request::admit(&mut request) {
-            self.stats.client_fault(ClientFault::Refused);
-            tracing::debug!(client = %conn.remote, reason = refusal.reason, "request refused");
-            return request::refusal_response(&refusal);
+        if let Some(answer) = request::admit_or_answer(&mut request, &self.stats, conn.remote) {
+            return answer;
         }
         let Some(table) = self.balancer.table() else {
             return self.refuse(Refusal {
@@ -304,15 +301,7 @@ impl Handler for Proxy {
         let sticky = self.settings.sticky.extract(path, request.headers());
         match self.choose(&table, sticky, now_ms()) {
             Ok(choice) => {
-                let origin = Origin {
-                    client: conn.remote,
-                    proto: "http",
-                    forwarded: Forwarded::Edge,
-                };
-                let requester = Requester {
-                    conn: conn.id,
-                    first: conn.first_request,
-                };
+                let (origin, requester) = (conn.origin(Forwarded::Edge), conn.requester());
                 self.forward(table, request, origin, requester, choice)
                     .await
             }

@@ -2,20 +2,19 @@
 //! here (errors, admin pages), and the request body sent upstream, which comes back when a
 //! connection attempt failed before any of it was sent.
 
+use crate::stall::Stall;
 use crate::upstream::BodyReader;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body::{Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
-use tokio::time::Sleep;
 
 pub type Body = Either<Streamed, Full<Bytes>>;
 
@@ -143,14 +142,12 @@ pub enum UploadError {
 pub struct OutgoingBody {
     inner: Option<Incoming>,
     touched: bool,
-    /// Whether `stall` is armed for the current wait.
-    armed: bool,
     home: Option<oneshot::Sender<Incoming>>,
     meter: Option<Arc<dyn Meter>>,
     /// `None` for an empty body, which never waits.
     progress: Option<Arc<Progress>>,
-    /// Times a wait for the client's bytes; allocated the first time one has to wait.
-    stall: Option<Pin<Box<Sleep>>>,
+    /// Times a wait for the client's bytes.
+    stall: Stall,
 }
 
 /// When an upload last moved and whose turn it is, so that a slow upload is told from a
@@ -216,11 +213,10 @@ impl OutgoingBody {
         let body = Self {
             inner: Some(body),
             touched: false,
-            armed: false,
             home,
             meter,
             progress: (!empty).then(|| Arc::new(Progress::new(idle))),
-            stall: None,
+            stall: Stall::new(),
         };
         (body, reclaim)
     }
@@ -230,11 +226,10 @@ impl OutgoingBody {
         Self {
             inner: None,
             touched: false,
-            armed: false,
             home: None,
             meter,
             progress: None,
-            stall: None,
+            stall: Stall::new(),
         }
     }
 
@@ -248,18 +243,9 @@ impl OutgoingBody {
         let Some(idle) = self.progress.as_ref().map(|p| p.idle) else {
             return Poll::Pending;
         };
-        if !self.armed {
-            self.armed = true;
-            let deadline = tokio::time::Instant::now() + idle;
-            match &mut self.stall {
-                Some(stall) => stall.as_mut().reset(deadline),
-                None => self.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
-        }
-        match self.stall.as_mut().map(|stall| stall.as_mut().poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(UploadError::Stalled(idle)),
-            _ => Poll::Pending,
-        }
+        self.stall
+            .poll_waited(cx, idle)
+            .map(|()| UploadError::Stalled(idle))
     }
 }
 
@@ -284,7 +270,7 @@ impl http_body::Body for OutgoingBody {
         if awaiting {
             return this.poll_stall(cx).map(|error| Some(Err(error)));
         }
-        this.armed = false;
+        this.stall.moved();
         let len = data_len(&polled);
         if len > 0 {
             if let Some(progress) = &this.progress {

@@ -120,6 +120,16 @@ impl ForwardError {
         }
     }
 
+    /// The client's mistake this is, if it is one (for `stickyroute_client_faults_total`).
+    pub fn client_fault(&self) -> Option<crate::serve::stats::ClientFault> {
+        use crate::serve::stats::ClientFault;
+        match self {
+            ForwardError::ClientBody(_) => Some(ClientFault::UploadBroken),
+            ForwardError::ClientStalled(_) => Some(ClientFault::UploadStalled),
+            _ => None,
+        }
+    }
+
     /// Whether nothing reached the upstream (so another one may be tried).
     pub fn is_connect(&self) -> bool {
         matches!(self, ForwardError::Connect { .. })

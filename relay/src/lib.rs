@@ -16,6 +16,7 @@
 //! - [`metrics`]: the Prometheus text format.
 //! - [`urlencoded`]: form bodies and query strings.
 //! - [`clock`]: a cheap monotonic millisecond clock for deadlines kept in atomics.
+//! - [`stall`]: a deadline on one wait at a time (uploads, response bodies, slow readers).
 //! - [`cli`]: command-line options both binaries share, and logging setup.
 #![forbid(unsafe_code)]
 
@@ -29,6 +30,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod request;
 pub mod serve;
+pub mod stall;
 pub mod upstream;
 pub mod urlencoded;
 pub mod workers;

@@ -16,8 +16,10 @@
 
 use crate::body::{self, Body};
 use crate::headers::list_items;
+use crate::serve::stats::{ClientFault, ServeStats};
 use http::header::{ALLOW, CONNECTION, HOST, TRANSFER_ENCODING};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use std::net::SocketAddr;
 
 /// Why a request is refused; the status and a short reason for the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +50,18 @@ pub fn refusal_response(refusal: &Refusal) -> Response<Body> {
     }
     headers.insert(CONNECTION, HeaderValue::from_static("close"));
     response
+}
+
+/// Admits `request` ([`admit`]): `None`; or counts the refusal and gives its answer.
+pub fn admit_or_answer<B>(
+    request: &mut Request<B>,
+    stats: &ServeStats,
+    client: SocketAddr,
+) -> Option<Response<Body>> {
+    let refusal = admit(request).err()?;
+    stats.client_fault(ClientFault::Refused);
+    tracing::debug!(%client, reason = refusal.reason, "request refused");
+    Some(refusal_response(&refusal))
 }
 
 /// Checks `request` and, when it may be forwarded, leaves the host to forward as its one

@@ -222,6 +222,31 @@ impl RawBackend {
         .await
     }
 
+    /// A stand-in for an agent's admin listener on `addr`: every request gets a `/status`
+    /// whose map hash is what `hash` gives at that moment.
+    pub async fn agent_status<F>(addr: SocketAddr, hash: F) -> Self
+    where
+        F: Fn() -> String + Send + Sync + 'static,
+    {
+        let hash = Arc::new(hash);
+        Self::start_on(addr, move |mut conn| {
+            let hash = hash.clone();
+            async move {
+                while conn.read_head().await.is_some() {
+                    let body = format!("{{\"map\":{{\"hash\":\"{}\",\"generation\":1}}}}", hash());
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if !conn.write(reply.as_bytes()).await {
+                        return;
+                    }
+                }
+            }
+        })
+        .await
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

@@ -550,19 +550,11 @@ async fn the_auth_scheme_is_case_insensitive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agents_report_cannot_break_the_page() {
     let app = TestApp::start("www1", "127.0.0.2").await;
-    let agent = stickyroute_tests::raw::RawBackend::start("127.0.0.2", |mut conn| async move {
-        while conn.read_head().await.is_some() {
-            let body = "{\"map\":{\"hash\":\"ééééééééééééééé\",\"generation\":1}}";
-            let reply = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            if !conn.write(reply.as_bytes()).await {
-                return;
-            }
-        }
-    })
-    .await;
+    let agent =
+        stickyroute_tests::raw::RawBackend::agent_status("127.0.0.2:0".parse().unwrap(), || {
+            "é".repeat(15)
+        })
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let map = stickyroute_tests::proxy::write_map(dir.path(), &[("www1", app.addr())]);
     let proxy = stickyroute_tests::proxy::Proxy::builder(&map)

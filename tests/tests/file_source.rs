@@ -329,6 +329,16 @@ fn load_errors_name_the_file() {
     assert_eq!(error.to_string(), "/etc/routemap/routemap: not found");
 }
 
+/// Another program writing `file` (next to the map) every `every`, until aborted.
+fn churn(file: std::path::PathBuf, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for i in 0u64.. {
+            let _ = std::fs::write(&file, i.to_string());
+            tokio::time::sleep(every).await;
+        }
+    })
+}
+
 #[tokio::test]
 async fn a_busy_directory_does_not_starve_the_map() {
     // Another program writes a file next to the map far more often than the debounce.
@@ -337,13 +347,7 @@ async fn a_busy_directory_does_not_starve_the_map() {
     std::fs::write(&path, "10.0.0.1 www1\n").unwrap();
     let (live, _task) = start(&path);
     wait_route(&live, "10.0.0.1", "www1").await;
-    let noisy = dir.path().join("access.log");
-    let churn = tokio::spawn(async move {
-        for i in 0u64.. {
-            let _ = std::fs::write(&noisy, i.to_string());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
+    let churn = churn(dir.path().join("access.log"), Duration::from_millis(20));
     std::fs::write(&path, "10.0.0.1 www2\n").unwrap();
     eventually(
         "the edit, despite the churn",
@@ -370,13 +374,7 @@ async fn the_periodic_reread_runs_however_many_events_arrive() {
     };
     let (live, _task) = spawn(FileSource::new(&path).with_options(options));
     wait_route(&live, "10.0.0.1", "www1").await;
-    let noisy = dir.path().join("access.log");
-    let churn = tokio::spawn(async move {
-        for i in 0u64.. {
-            let _ = std::fs::write(&noisy, i.to_string());
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    });
+    let churn = churn(dir.path().join("access.log"), Duration::from_millis(10));
     std::fs::write(&target, "10.0.0.1 www2\n").unwrap();
     eventually("the periodic re-read", Duration::from_secs(3), || {
         (route_of(&live, "10.0.0.1").as_deref() == Some("www2")).then_some(())

@@ -71,26 +71,16 @@ async fn one_stalled_agent_does_not_freeze_the_other_agents_reports() {
     let port = stalled.addr().port();
     let second = Arc::new(AtomicBool::new(false));
     let flag = second.clone();
-    let _reporting = RawBackend::start_on(
-        SocketAddr::from(([127, 0, 0, 3], port)),
-        move |mut conn| {
-            let flag = flag.clone();
-            async move {
-                while conn.read_head().await.is_some() {
-                    let hash = if flag.load(Ordering::SeqCst) { "b" } else { "a" }.repeat(64);
-                    let body = format!("{{\"map\":{{\"hash\":\"{hash}\",\"generation\":1}}}}");
-                    let reply = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if !conn.write(reply.as_bytes()).await {
-                        return;
-                    }
-                }
+    let _reporting =
+        RawBackend::agent_status(SocketAddr::from(([127, 0, 0, 3], port)), move || {
+            if flag.load(Ordering::SeqCst) {
+                "b"
+            } else {
+                "a"
             }
-        },
-    )
-    .await;
+            .repeat(64)
+        })
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let port = port.to_string();
     let proxy = proxy(

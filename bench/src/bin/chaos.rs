@@ -749,7 +749,8 @@ async fn download(target: SocketAddr, slow: bool) -> anyhow::Result<u64> {
         .position(|w| w == b"\r\n\r\n")
         .context("no response head")?;
     if !received.starts_with(b"HTTP/1.1 200") {
-        bail!("{}", String::from_utf8_lossy(&received[..text_end.min(40)]));
+        let status_line = received.split(|b| *b == b'\r').next().unwrap_or_default();
+        bail!("{}", String::from_utf8_lossy(status_line));
     }
     Ok((received.len() - text_end - 4) as u64)
 }

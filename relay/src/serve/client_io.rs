@@ -10,6 +10,7 @@
 
 use super::admission::Slot;
 use super::stats::{ClientFault, ServeStats};
+use crate::stall::Stall;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,26 +18,23 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
 
 pub struct ClientIo {
     stream: TcpStream,
-    stall: Duration,
-    /// Armed while a write waits; allocated the first time one has to.
-    timer: Option<Pin<Box<Sleep>>>,
-    armed: bool,
+    limit: Duration,
+    /// Times a write that waits.
+    stall: Stall,
     stats: Arc<ServeStats>,
     /// Held for as long as the socket is open: the connection counts against the limit.
     _slot: Slot,
 }
 
 impl ClientIo {
-    pub fn new(stream: TcpStream, stall: Duration, slot: Slot, stats: Arc<ServeStats>) -> Self {
+    pub fn new(stream: TcpStream, limit: Duration, slot: Slot, stats: Arc<ServeStats>) -> Self {
         Self {
             stream,
-            stall,
-            timer: None,
-            armed: false,
+            limit,
+            stall: Stall::new(),
             stats,
             _slot: slot,
         }
@@ -44,24 +42,13 @@ impl ClientIo {
 
     /// A write is waiting: fails once it has waited for the idle timeout.
     fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        let deadline = Instant::now() + self.stall;
-        if !self.armed {
-            self.armed = true;
-            match &mut self.timer {
-                Some(timer) => timer.as_mut().reset(deadline),
-                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
-        }
-        let Some(timer) = self.timer.as_mut() else {
-            return Poll::Pending;
-        };
-        ready!(timer.as_mut().poll(cx));
+        ready!(self.stall.poll_waited(cx, self.limit));
         self.stats.client_fault(ClientFault::NotReading);
         Poll::Ready(io::Error::new(
             io::ErrorKind::TimedOut,
             format!(
                 "the client read nothing for {:?}; closing the connection",
-                self.stall
+                self.limit
             ),
         ))
     }
@@ -74,7 +61,7 @@ impl ClientIo {
         match polled {
             Poll::Pending => self.poll_stall(cx).map(Err),
             Poll::Ready(result) => {
-                self.armed = false;
+                self.stall.moved();
                 Poll::Ready(result)
             }
         }

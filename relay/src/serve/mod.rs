@@ -56,6 +56,25 @@ pub struct ConnInfo {
     pub first_request: bool,
 }
 
+impl ConnInfo {
+    /// On whose behalf a request of this connection goes upstream.
+    pub fn requester(&self) -> crate::upstream::Requester {
+        crate::upstream::Requester {
+            conn: self.id,
+            first: self.first_request,
+        }
+    }
+
+    /// Where a request of this connection came from, for the `X-Forwarded-*` headers.
+    pub fn origin(&self, forwarded: crate::headers::Forwarded) -> crate::forward::Origin {
+        crate::forward::Origin {
+            client: self.remote,
+            proto: "http",
+            forwarded,
+        }
+    }
+}
+
 /// Answers requests. Implemented by the proxy, the agent and their admin endpoints.
 pub trait Handler: Send + Sync + 'static {
     fn handle(

@@ -5,6 +5,7 @@
 
 use super::head::{self, HeadError, RequestFraming, RequestHead, ResponseHead};
 use crate::body::{OutgoingBody, UploadError};
+use crate::stall::Stall;
 use bytes::{BufMut, BytesMut};
 use http::StatusCode;
 use http_body_util::BodyExt;
@@ -14,7 +15,6 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
 
 /// Smallest and largest read: reads start small (most responses are) and double while
 /// they fill the space offered, for large bodies.
@@ -57,11 +57,8 @@ pub struct Connection {
     stream: TcpStream,
     pub(super) buf: BytesMut,
     read_size: u32,
-    /// Whether `silence` is armed for the current wait.
-    waiting: bool,
-    /// Times silence in the middle of a response body (see [`Self::poll_read_more`]);
-    /// allocated the first time a body has to wait, then reused for the connection's life.
-    silence: Option<Pin<Box<Sleep>>>,
+    /// Times silence in the middle of a response body (see [`Self::poll_read_more`]).
+    silence: Stall,
 }
 
 impl Connection {
@@ -80,8 +77,7 @@ impl Connection {
             stream,
             buf: BytesMut::new(),
             read_size: MIN_READ,
-            waiting: false,
-            silence: None,
+            silence: Stall::new(),
         })
     }
 
@@ -172,7 +168,7 @@ impl Connection {
         match polled {
             Poll::Pending => {}
             Poll::Ready(result) => {
-                self.waiting = false;
+                self.silence.moved();
                 if let Ok(n) = result
                     && n == offered
                 {
@@ -181,18 +177,7 @@ impl Connection {
                 return Poll::Ready(result);
             }
         }
-        if !self.waiting {
-            self.waiting = true;
-            let deadline = Instant::now() + silence;
-            match &mut self.silence {
-                Some(timer) => timer.as_mut().reset(deadline),
-                None => self.silence = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
-        }
-        let Some(timer) = self.silence.as_mut() else {
-            return Poll::Pending;
-        };
-        ready!(timer.as_mut().poll(cx));
+        ready!(self.silence.poll_waited(cx, silence));
         Poll::Ready(Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!("the upstream sent nothing for {silence:?} in the middle of the response body"),
