@@ -75,6 +75,8 @@ impl AgentAdmin {
             default_route: self
                 .agent
                 .settings
+                .policy
+                .load()
                 .default_route
                 .as_ref()
                 .map(ToString::to_string),

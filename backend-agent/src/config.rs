@@ -1,67 +1,116 @@
-//! The agent's command line, and its validation into [`Settings`].
+//! The agent's options, each declared once (here, or in the shared groups of
+//! [`stickyroute_relay::settings::shared`]), read under the same layering rule as the
+//! proxy's (defaults < config file < environment < flags), and validated into [`Settings`].
+//! Whether a reload can change a setting is which group it is in: [`CookieOptions`] is
+//! applied on SIGHUP, everything else needs a restart.
 
 use crate::identity::Identity;
 use crate::inject::{CookieAttributes, DomainMode, SameSite};
 use crate::session::SessionMatcher;
-use clap::Parser;
+use arc_swap::ArcSwap;
+use clap::{Args, Parser};
 use http::uri::Authority;
-use routemap::cookie::{CookieSpecError, DEFAULT_COOKIE_NAME, DEFAULT_PREFIX, StickyCookie};
+use routemap::cookie::{DEFAULT_COOKIE_NAME, DEFAULT_PREFIX, StickyCookie};
+use routemap::source::MapLocation;
 use routemap::{Key, RouteId};
+use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
-use stickyroute_relay::cli::{ClientLimitArgs, LogArgs, MapArgs, ShutdownArgs, UpstreamArgs};
+use std::path::PathBuf;
+use stickyroute_relay::forward::UpstreamTimeouts;
+use stickyroute_relay::lifecycle::ShutdownTiming;
+use stickyroute_relay::serve::ServerLimits;
+use stickyroute_relay::settings::shared::{
+    AGENT_PORT, AdminOptions, ClientLimitOptions, LogOptions, MapOptions, ShutdownOptions,
+    UpstreamOptions, WorkerOptions,
+};
+use stickyroute_relay::settings::{Layered, SettingsError, load};
+
+pub const LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), AGENT_PORT);
+pub const ADMIN_LISTEN: &str = "127.0.0.1:9901";
+
+/// The agent's defaults for shared settings whose defaults differ between the binaries.
+const OWN_DEFAULTS: [(&str, &str); 1] = [("admin_listen", ADMIN_LISTEN)];
 
 /// Sits in front of one app instance, finds that instance's route in the central route map
 /// and sets the `balanceid=route.<ROUTE>` cookie the stickyroute proxy (or Apache's
 /// mod_proxy_balancer) routes by. Everything else passes through unchanged.
-#[derive(Debug, Parser)]
+///
+/// Every option can also be set in the config file (`--config`; the key is the option's
+/// name with `_` for `-`) or in its environment variable; flags win over the environment,
+/// which wins over the file. SIGHUP re-reads the route map and the config file and applies
+/// the cookie options; the others need a restart.
+#[derive(Debug, Clone, Parser)]
 #[command(name = "stickyroute-agent", version)]
-pub struct AgentArgs {
-    /// Address to accept client (proxy) traffic on.
-    #[arg(
-        long,
-        env = "STICKYROUTE_LISTEN",
-        default_value = "0.0.0.0:8080",
-        value_name = "ADDR"
-    )]
+pub struct AgentOptions {
+    /// A JSON config file of settings (keys spelled like the flags, `_` for `-`); the
+    /// environment and flags override it.
+    #[arg(long, env = "STICKYROUTE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to accept client (proxy) traffic on; its port is the proxy's default
+    /// member port.
+    #[arg(long, default_value_t = LISTEN, value_name = "ADDR")]
     pub listen: SocketAddr,
     /// The app instance, as HOST:PORT (spoken to in HTTP/1.1 with keep-alive).
-    #[arg(long, env = "STICKYROUTE_UPSTREAM", value_name = "HOST:PORT")]
-    pub upstream: String,
-    /// Address of the admin endpoints (/healthz, /readyz, /metrics, /status).
-    #[arg(
-        long,
-        env = "STICKYROUTE_ADMIN_LISTEN",
-        default_value = "127.0.0.1:9901",
-        value_name = "ADDR"
-    )]
-    pub admin_listen: SocketAddr,
+    #[arg(long, required = true, value_name = "HOST:PORT")]
+    pub upstream: Option<String>,
     #[command(flatten)]
-    pub map: MapArgs,
+    pub admin: AdminOptions,
+    #[command(flatten)]
+    pub map: MapOptions,
+    #[command(flatten)]
+    pub instance: InstanceOptions,
+    #[command(flatten)]
+    pub cookie: CookieOptions,
+    #[command(flatten)]
+    pub workers: WorkerOptions,
+    #[command(flatten)]
+    pub log: LogOptions,
+    #[command(flatten)]
+    pub upstream_limits: UpstreamOptions,
+    #[command(flatten)]
+    pub client_limits: ClientLimitOptions,
+    #[command(flatten)]
+    pub shutdown: ShutdownOptions,
+}
 
+/// Which entry of the map is this instance's.
+#[derive(Debug, Clone, Args)]
+pub struct InstanceOptions {
+    /// This instance's address key in the map. Default: the local address each connection
+    /// arrived on (Apache's SERVER_ADDR).
+    #[arg(long, env = "POD_IP", value_name = "IP")]
+    pub server_addr: Option<IpAddr>,
+    /// This instance's name key in the map (a StatefulSet pod name such as web-0), tried
+    /// when the address is not in the map. Default: the host name.
+    #[arg(long, env = "POD_NAME", value_name = "NAME")]
+    pub server_name: Option<String>,
+}
+
+/// When and how the cookie is set: read for every response, so a reload (SIGHUP) applies
+/// them.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Cookie (applied on reload)")]
+pub struct CookieOptions {
     /// Name of the app's session cookie; its presence in a request (or its creation by a
     /// response) starts stickiness. Case-insensitive, like Apache's [NC]. Repeatable.
-    #[arg(
-        long = "session-cookie",
-        env = "STICKYROUTE_SESSION_COOKIE",
-        value_delimiter = ',',
-        value_name = "NAME"
-    )]
+    #[arg(long = "session-cookie", value_delimiter = ',', value_name = "NAME")]
     pub session_cookies: Vec<String>,
-    /// A regular expression over the whole Cookie header, like the seed's
+    /// A regular expression over the whole Cookie header, like the classic Apache setup's
     /// `RewriteCond %{HTTP_COOKIE}`; a match counts as a session.
     #[arg(long, value_name = "REGEX")]
     pub session_cookie_regex: Option<String>,
-    /// Set the cookie on every response, session or not (the seed's "track all sessions").
+    /// Set the cookie on every response, session or not (the classic Apache setup's
+    /// "track all sessions").
     #[arg(long)]
     pub track_all: bool,
-
     /// Name of the cookie the proxy routes by.
     #[arg(long, default_value = DEFAULT_COOKIE_NAME, value_name = "NAME")]
     pub cookie_name: String,
     /// What comes before the route in the cookie value: PREFIX.ROUTE.
     #[arg(long, default_value = DEFAULT_PREFIX, value_name = "PREFIX")]
     pub cookie_prefix: String,
-    /// Cookie Domain: `host` (the request's host without its port, like the seed's
+    /// Cookie Domain: `host` (the request's host without its port, like Apache's
     /// %{HTTP_HOST}), `none` (host-only cookie), or a fixed domain such as `.example.com`
     /// for stickiness across subdomains.
     #[arg(long, default_value = "host", value_name = "host|none|DOMAIN")]
@@ -78,15 +127,6 @@ pub struct AgentArgs {
     /// Add `Max-Age=SECONDS`; without it the cookie lasts for the browser session.
     #[arg(long, value_name = "SECONDS")]
     pub cookie_max_age: Option<u64>,
-
-    /// This instance's address key in the map. Default: the local address each connection
-    /// arrived on (Apache's SERVER_ADDR).
-    #[arg(long, env = "POD_IP", value_name = "IP")]
-    pub server_addr: Option<IpAddr>,
-    /// This instance's name key in the map (a StatefulSet pod name such as web-0), tried
-    /// when the address is not in the map. Default: the host name.
-    #[arg(long, env = "POD_NAME", value_name = "NAME")]
-    pub server_name: Option<String>,
     /// Route to issue when this instance's keys are not in the map (otherwise no cookie).
     #[arg(long, value_name = "ROUTE")]
     pub default_route: Option<String>,
@@ -94,51 +134,11 @@ pub struct AgentArgs {
     /// health checks). Repeatable.
     #[arg(long = "skip-path", value_name = "PREFIX")]
     pub skip_paths: Vec<String>,
-
-    /// Worker threads, each with its own event loop and connection pool to the app.
-    /// Default: one per core.
-    #[arg(long, env = "STICKYROUTE_WORKERS", value_name = "COUNT")]
-    pub workers: Option<usize>,
-    #[command(flatten)]
-    pub log: LogArgs,
-    #[command(flatten)]
-    pub upstream_limits: UpstreamArgs,
-    #[command(flatten)]
-    pub client_limits: ClientLimitArgs,
-    #[command(flatten)]
-    pub shutdown: ShutdownArgs,
 }
 
-/// A configuration that cannot work, with what to change.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("--upstream {0:?} is not HOST:PORT")]
-    Upstream(String),
-    #[error(
-        "nothing would ever set the cookie: give --session-cookie NAME, --session-cookie-regex RE or --track-all"
-    )]
-    NoTrigger,
-    #[error("--session-cookie-regex: {0}")]
-    Regex(#[from] regex::Error),
-    #[error("--session-cookie {0:?} is not a valid cookie name")]
-    SessionCookie(String),
-    #[error("--cookie-name/--cookie-prefix: {0}")]
-    Cookie(#[from] CookieSpecError),
-    #[error("--cookie-domain {0:?} is not `host`, `none` or a domain name")]
-    Domain(String),
-    #[error("--cookie-samesite none requires --cookie-secure (browsers reject it otherwise)")]
-    SameSiteNoneInsecure,
-    #[error("--default-route {0:?}: {1}")]
-    DefaultRoute(String, routemap::route::RouteError),
-    #[error("--skip-path {0:?} must start with '/'")]
-    SkipPath(String),
-}
-
-/// Everything the request path needs, validated.
+/// When and how the cookie is set, validated: what a reload may replace.
 #[derive(Debug)]
-pub struct Settings {
-    pub upstream: Authority,
-    pub identity: Identity,
+pub struct CookiePolicy {
     pub sessions: SessionMatcher,
     pub track_all: bool,
     pub cookie: StickyCookie,
@@ -147,66 +147,154 @@ pub struct Settings {
     pub skip_paths: Vec<String>,
 }
 
-impl AgentArgs {
-    pub fn settings(&self, host_name: Option<String>) -> Result<Settings, ConfigError> {
-        let upstream: Authority = self
-            .upstream
+/// Everything the agent runs with, validated.
+#[derive(Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub upstream: Authority,
+    pub identity: Identity,
+    /// Replaced whole by a reload; read for every response.
+    pub policy: ArcSwap<CookiePolicy>,
+    pub routemap: MapLocation,
+    pub routemap_debounce: std::time::Duration,
+    pub admin_listen: SocketAddr,
+    pub workers: usize,
+    pub timeouts: UpstreamTimeouts,
+    pub limits: ServerLimits,
+    pub max_connections: Option<usize>,
+    pub log: LogOptions,
+    pub shutdown: ShutdownTiming,
+    /// What these settings were read from, so that a reload reads them again the same way.
+    pub source: Layered<AgentOptions>,
+}
+
+/// Reads the options from `argv` (program name first), the config file it names and the
+/// environment.
+pub fn read(argv: &[OsString]) -> Result<Layered<AgentOptions>, SettingsError> {
+    load(argv, &OWN_DEFAULTS)
+}
+
+impl Settings {
+    /// Reads and validates; `host_name` is the last fallback for the name key.
+    pub fn read(argv: &[OsString], host_name: Option<String>) -> Result<Settings, SettingsError> {
+        Settings::new(read(argv)?, host_name)
+    }
+
+    pub fn new(
+        layered: Layered<AgentOptions>,
+        host_name: Option<String>,
+    ) -> Result<Settings, SettingsError> {
+        let options = &layered.options;
+        let text = options.upstream.clone().unwrap_or_default();
+        let upstream: Authority = text
             .parse()
             .ok()
             .filter(|a: &Authority| a.port_u16().is_some())
-            .ok_or_else(|| ConfigError::Upstream(self.upstream.clone()))?;
-        if self.session_cookies.is_empty() && self.session_cookie_regex.is_none() && !self.track_all
+            .ok_or_else(|| layered.invalid("upstream", format!("{text:?} is not HOST:PORT")))?;
+        let policy = CookiePolicy::new(&layered)?;
+        let name = options.instance.server_name.clone().or(host_name);
+        let upstream_limits = &options.upstream_limits;
+        Ok(Settings {
+            listen: options.listen,
+            upstream,
+            identity: Identity::new(
+                options.instance.server_addr,
+                name.as_deref(),
+                options.listen.ip(),
+            ),
+            policy: ArcSwap::from_pointee(policy),
+            routemap: options.map.location(&layered)?,
+            routemap_debounce: options.map.routemap_debounce.get(),
+            admin_listen: options.admin.admin_listen,
+            workers: options.workers.count(),
+            timeouts: upstream_limits.timeouts(),
+            limits: options.client_limits.limits(upstream_limits.idle_timeout),
+            max_connections: options.client_limits.max_connections(),
+            log: options.log.clone(),
+            shutdown: options.shutdown.timing(),
+            source: layered,
+        })
+    }
+}
+
+impl CookiePolicy {
+    fn new(layered: &Layered<AgentOptions>) -> Result<CookiePolicy, SettingsError> {
+        let options = &layered.options.cookie;
+        let bad = |key: &str, message: String| layered.invalid(key, message);
+        if options.session_cookies.is_empty()
+            && options.session_cookie_regex.is_none()
+            && !options.track_all
         {
-            return Err(ConfigError::NoTrigger);
+            return Err(SettingsError::Value {
+                origin: stickyroute_relay::settings::Origin::Default,
+                message: "nothing would ever set the cookie: give --session-cookie NAME, --session-cookie-regex RE or --track-all".to_owned(),
+            });
         }
-        if let Some(bad) = self
+        if let Some(name) = options
             .session_cookies
             .iter()
             .find(|n| StickyCookie::new(n, "x").is_err())
         {
-            return Err(ConfigError::SessionCookie(bad.clone()));
+            return Err(bad(
+                "session_cookie",
+                format!("{name:?} is not a valid cookie name"),
+            ));
         }
-        let sessions =
-            SessionMatcher::new(&self.session_cookies, self.session_cookie_regex.as_deref())?;
-        let cookie = StickyCookie::new(&self.cookie_name, &self.cookie_prefix)?;
-        let domain = match self.cookie_domain.as_str() {
+        let sessions = SessionMatcher::new(
+            &options.session_cookies,
+            options.session_cookie_regex.as_deref(),
+        )
+        .map_err(|e| bad("session_cookie_regex", e.to_string()))?;
+        let cookie =
+            StickyCookie::new(&options.cookie_name, &options.cookie_prefix).map_err(|e| {
+                bad(
+                    "cookie_prefix",
+                    format!("{e} (with --cookie-name {:?})", options.cookie_name),
+                )
+            })?;
+        let domain = match options.cookie_domain.as_str() {
             "host" => DomainMode::RequestHost,
             "none" => DomainMode::HostOnly,
             fixed => {
                 let bare = fixed.strip_prefix('.').unwrap_or(fixed);
                 match Key::parse(bare) {
                     Ok(Key::Name(_)) => DomainMode::Fixed(fixed.to_ascii_lowercase()),
-                    _ => return Err(ConfigError::Domain(fixed.to_owned())),
+                    _ => {
+                        return Err(bad(
+                            "cookie_domain",
+                            format!("{fixed:?} is not `host`, `none` or a domain name"),
+                        ));
+                    }
                 }
             }
         };
-        if self.cookie_samesite == Some(SameSite::None) && !self.cookie_secure {
-            return Err(ConfigError::SameSiteNoneInsecure);
+        if options.cookie_samesite == Some(SameSite::None) && !options.cookie_secure {
+            return Err(bad(
+                "cookie_samesite",
+                "none requires --cookie-secure (browsers reject it otherwise)".to_owned(),
+            ));
         }
-        let default_route = self
+        let default_route = options
             .default_route
             .as_deref()
-            .map(|r| RouteId::parse(r).map_err(|e| ConfigError::DefaultRoute(r.to_owned(), e)))
+            .map(|r| RouteId::parse(r).map_err(|e| bad("default_route", format!("{r:?}: {e}"))))
             .transpose()?;
-        if let Some(bad) = self.skip_paths.iter().find(|p| !p.starts_with('/')) {
-            return Err(ConfigError::SkipPath(bad.clone()));
+        if let Some(path) = options.skip_paths.iter().find(|p| !p.starts_with('/')) {
+            return Err(bad("skip_path", format!("{path:?} must start with '/'")));
         }
-        let name = self.server_name.clone().or(host_name);
-        Ok(Settings {
-            upstream,
-            identity: Identity::new(self.server_addr, name.as_deref(), self.listen.ip()),
+        Ok(CookiePolicy {
             sessions,
-            track_all: self.track_all,
+            track_all: options.track_all,
             cookie,
             attributes: CookieAttributes {
                 domain,
-                secure: self.cookie_secure,
-                http_only: self.cookie_httponly,
-                same_site: self.cookie_samesite,
-                max_age: self.cookie_max_age,
+                secure: options.cookie_secure,
+                http_only: options.cookie_httponly,
+                same_site: options.cookie_samesite,
+                max_age: options.cookie_max_age,
             },
             default_route,
-            skip_paths: self.skip_paths.clone(),
+            skip_paths: options.skip_paths.clone(),
         })
     }
 }
@@ -222,20 +310,25 @@ pub fn host_name() -> Option<String> {
 mod tests {
     use super::*;
 
-    fn args(extra: &[&str]) -> AgentArgs {
-        let mut argv = vec![
+    fn argv(extra: &[&str]) -> Vec<OsString> {
+        [
             "stickyroute-agent",
             "--upstream",
             "127.0.0.1:9000",
             "--routemap",
             "/m",
-        ];
-        argv.extend_from_slice(extra);
-        AgentArgs::try_parse_from(argv).unwrap()
+        ]
+        .iter()
+        .chain(extra)
+        .map(OsString::from)
+        .collect()
     }
 
     fn error(extra: &[&str]) -> String {
-        args(extra).settings(None).unwrap_err().to_string()
+        Settings::read(&argv(extra), None)
+            .err()
+            .unwrap()
+            .to_string()
     }
 
     #[test]
@@ -243,50 +336,86 @@ mod tests {
         assert!(error(&[]).contains("nothing would ever set the cookie"));
         assert!(
             error(&["--track-all", "--session-cookie-regex", "("])
-                .contains("--session-cookie-regex")
+                .starts_with("--session-cookie-regex")
         );
-        assert!(error(&["--track-all", "--cookie-prefix", "a;b"]).contains("--cookie-prefix"));
-        assert!(error(&["--track-all", "--cookie-domain", "exa mple"]).contains("--cookie-domain"));
+        assert!(error(&["--track-all", "--cookie-prefix", "a;b"]).starts_with("--cookie-prefix"));
+        assert!(
+            error(&["--track-all", "--cookie-domain", "exa mple"]).starts_with("--cookie-domain")
+        );
         assert!(
             error(&["--track-all", "--cookie-samesite", "none"])
                 .contains("requires --cookie-secure")
         );
-        assert!(error(&["--track-all", "--default-route", "www.1"]).contains("--default-route"));
+        assert!(error(&["--track-all", "--default-route", "www.1"]).starts_with("--default-route"));
         assert!(error(&["--track-all", "--skip-path", "static"]).contains("must start with '/'"));
         assert!(error(&["--session-cookie", "bad name"]).contains("not a valid cookie name"));
-        let bad_upstream = AgentArgs::try_parse_from([
+        let bad_upstream: Vec<OsString> = [
             "a",
             "--upstream",
             "localhost",
             "--routemap",
             "/m",
             "--track-all",
-        ])
-        .unwrap();
-        assert!(
-            bad_upstream
-                .settings(None)
-                .unwrap_err()
-                .to_string()
-                .contains("HOST:PORT")
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        assert_eq!(
+            Settings::read(&bad_upstream, None)
+                .err()
+                .unwrap()
+                .to_string(),
+            "--upstream: \"localhost\" is not HOST:PORT"
         );
     }
 
     #[test]
-    fn accepts_the_seed_setup() {
-        let settings = args(&[
-            "--session-cookie",
-            "JSESSIONID,PHPSESSID",
-            "--cookie-domain",
-            ".Example.com",
-        ])
-        .settings(Some("web-0".into()))
+    fn accepts_the_classic_apache_setup() {
+        let settings = Settings::read(
+            &argv(&[
+                "--session-cookie",
+                "JSESSIONID,PHPSESSID",
+                "--cookie-domain",
+                ".Example.com",
+            ]),
+            Some("web-0".into()),
+        )
         .unwrap();
+        let policy = settings.policy.load();
         assert_eq!(
-            settings.attributes.domain,
+            policy.attributes.domain,
             DomainMode::Fixed(".example.com".into())
         );
-        assert_eq!(settings.cookie.name(), "balanceid");
+        assert_eq!(policy.cookie.name(), "balanceid");
         assert_eq!(settings.upstream.as_str(), "127.0.0.1:9000");
+        assert_eq!(settings.listen.port(), AGENT_PORT);
+        assert_eq!(settings.admin_listen.port(), 9901);
+    }
+
+    #[test]
+    fn the_agent_reads_a_config_file_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.json");
+        std::fs::write(
+            &file,
+            r#"{"upstream": "127.0.0.1:9000", "routemap": "/m", "session_cookie": ["JSESSIONID"], "skip_path": ["/static"]}"#,
+        )
+        .unwrap();
+        let argv: Vec<OsString> = ["stickyroute-agent", "--config", file.to_str().unwrap()]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let settings = Settings::read(&argv, None).unwrap();
+        assert_eq!(settings.policy.load().skip_paths, ["/static"]);
+        std::fs::write(
+            &file,
+            r#"{"upstream": "127.0.0.1:9000", "routemap": "/m", "track_all": "yes"}"#,
+        )
+        .unwrap();
+        let error = Settings::read(&argv, None).err().unwrap().to_string();
+        assert!(
+            error.ends_with("agent.json key \"track_all\": \"yes\" is not true or false"),
+            "{error}"
+        );
     }
 }

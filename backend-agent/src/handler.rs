@@ -97,12 +97,12 @@ impl Agent {
                 name = identity.name_key().map(ToString::to_string),
                 map = snapshot.short_hash(),
                 generation,
-                default_route = self.settings.default_route.as_ref().map(RouteId::as_str),
+                default_route = self.settings.policy.load().default_route.as_ref().map(RouteId::as_str),
                 "this instance is not in the route map; {}",
-                if self.settings.default_route.is_some() { "using --default-route" } else { "no sticky cookie will be set" }
+                if self.settings.policy.load().default_route.is_some() { "using --default-route" } else { "no sticky cookie will be set" }
             );
         }
-        let fallback = self.settings.default_route.clone();
+        let fallback = self.settings.policy.load().default_route.clone();
         if fallback.is_some() {
             self.metrics.default_route_used();
         }
@@ -113,6 +113,8 @@ impl Agent {
         let path = request.uri().path();
         if self
             .settings
+            .policy
+            .load()
             .skip_paths
             .iter()
             .any(|prefix| path.starts_with(prefix.as_str()))
@@ -124,13 +126,15 @@ impl Agent {
         let headers = request.headers();
         let current = self
             .settings
+            .policy
+            .load()
             .cookie
             .find(headers.get_all(COOKIE).iter().map(|v| v.as_bytes()))
             .and_then(route_of);
         if current == Some(route.as_str()) {
             return None;
         }
-        let host = match self.settings.attributes.domain {
+        let host = match self.settings.policy.load().attributes.domain {
             DomainMode::RequestHost => {
                 inject::request_host(headers, request.uri()).map(str::to_owned)
             }
@@ -138,7 +142,7 @@ impl Agent {
         };
         Some(Plan {
             route,
-            request_session: self.settings.sessions.in_request(headers),
+            request_session: self.settings.policy.load().sessions.in_request(headers),
             host,
         })
     }
@@ -146,15 +150,21 @@ impl Agent {
     fn apply(&self, plan: Plan, response: &mut Response<Body>) {
         let reason = if plan.request_session {
             Reason::RequestSession
-        } else if self.settings.sessions.created_by(response.headers()) {
+        } else if self
+            .settings
+            .policy
+            .load()
+            .sessions
+            .created_by(response.headers())
+        {
             Reason::ResponseSession
-        } else if self.settings.track_all {
+        } else if self.settings.policy.load().track_all {
             Reason::TrackAll
         } else {
             return;
         };
-        let set_cookie = self.settings.attributes.set_cookie(
-            &self.settings.cookie,
+        let set_cookie = self.settings.policy.load().attributes.set_cookie(
+            &self.settings.policy.load().cookie,
             &plan.route,
             plan.host.as_deref(),
         );

@@ -16,4 +16,5 @@ pub mod handler;
 pub mod identity;
 pub mod inject;
 pub mod metrics;
+pub mod server;
 pub mod session;

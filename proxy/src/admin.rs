@@ -96,11 +96,11 @@ impl MemberInfo {
 impl ProxyAdmin {
     pub fn balancer_info(&self) -> BalancerInfo {
         BalancerInfo {
-            stickysession: self.settings.sticky.describe(),
-            nofailover: self.settings.nofailover,
-            lbmethod: self.settings.lbmethod,
-            unknown_route: self.settings.unknown_route,
-            retry_seconds: self.settings.retry.as_secs(),
+            stickysession: self.settings.routing.load().sticky.describe(),
+            nofailover: self.settings.routing.load().nofailover,
+            lbmethod: self.settings.routing.load().lbmethod,
+            unknown_route: self.settings.routing.load().unknown_route,
+            retry_seconds: self.settings.routing.load().retry.as_secs(),
             table_swaps: self.balancer.swaps(),
         }
     }

@@ -68,7 +68,7 @@ impl Proxy {
     fn choose(&self, table: &MemberTable, sticky: Sticky<'_>, now: u64) -> Result<Choice, Refusal> {
         let members = table.members();
         let weighted = |outcome: Outcome| {
-            pick(members, self.settings.lbmethod, now, &[])
+            pick(members, self.settings.routing.load().lbmethod, now, &[])
                 .map(|index| Choice {
                     index,
                     outcome,
@@ -82,7 +82,7 @@ impl Proxy {
             Sticky::Route(route) => route,
         };
         let Some(index) = table.sticky_index(route) else {
-            if self.settings.unknown_route == UnknownRoute::Reject {
+            if self.settings.routing.load().unknown_route == UnknownRoute::Reject {
                 return Err(Refusal {
                     outcome: Outcome::UnknownRoute,
                     retry_after: None,
@@ -107,10 +107,10 @@ impl Proxy {
                 } else {
                     Outcome::Hit
                 },
-                may_retry: !self.settings.nofailover,
+                may_retry: !self.settings.routing.load().nofailover,
             });
         }
-        if self.settings.nofailover {
+        if self.settings.routing.load().nofailover {
             return Err(self.refuse_pinned(member, now));
         }
         weighted(Outcome::Failover)
@@ -124,7 +124,7 @@ impl Proxy {
                 member
                     .state
                     .error_remaining(now)
-                    .unwrap_or(self.settings.retry),
+                    .unwrap_or(self.settings.routing.load().retry),
             ),
             message: format!(
                 "the server holding this session ({}) is unavailable; try again shortly",
@@ -161,7 +161,7 @@ impl Proxy {
             };
             // The request is in flight on this member until the last of the upload, the
             // response body and this function lets go of it, whichever path it takes.
-            let meter: Arc<dyn Meter> = InFlight::start(member, self.settings.retry);
+            let meter: Arc<dyn Meter> = InFlight::start(member, self.settings.routing.load().retry);
             let (outgoing, reclaim) = match unsent {
                 Unsent::Body(body) => self.upstreams.upload(body, Some(meter.clone())),
                 Unsent::Empty => (OutgoingBody::empty(Some(meter.clone())), None),
@@ -175,9 +175,15 @@ impl Proxy {
                 .await
             {
                 Ok(response) => {
-                    if self.settings.failonstatus.contains(&response.status()) {
+                    if self
+                        .settings
+                        .routing
+                        .load()
+                        .failonstatus
+                        .contains(&response.status())
+                    {
                         state.errors.fetch_add(1, Relaxed);
-                        state.mark_error(self.settings.retry);
+                        state.mark_error(self.settings.routing.load().retry);
                         tracing::warn!(route = %member.route, status = %response.status(), "member answered a failonstatus code; in error for the retry time");
                     } else {
                         state.mark_ok();
@@ -205,8 +211,8 @@ impl Proxy {
                 ErrorSource::Upstream => {}
             }
             state.errors.fetch_add(1, Relaxed);
-            state.mark_error(self.settings.retry);
-            tracing::warn!(route = %member.route, %error, retry = ?self.settings.retry, "member failed; in error for the retry time");
+            state.mark_error(self.settings.routing.load().retry);
+            tracing::warn!(route = %member.route, %error, retry = ?self.settings.routing.load().retry, "member failed; in error for the retry time");
             // Only a request none of whose body was sent goes elsewhere.
             let reclaimed = match reclaim {
                 None => Some(Unsent::Empty),
@@ -215,8 +221,13 @@ impl Proxy {
             let next = match (error.is_connect() && may_retry, reclaimed) {
                 (true, Some(body)) => {
                     tried.push(choice.index);
-                    pick(table.members(), self.settings.lbmethod, now_ms(), &tried)
-                        .map(|index| (index, body))
+                    pick(
+                        table.members(),
+                        self.settings.routing.load().lbmethod,
+                        now_ms(),
+                        &tried,
+                    )
+                    .map(|index| (index, body))
                 }
                 _ => None,
             };
@@ -298,7 +309,12 @@ impl Handler for Proxy {
             });
         };
         let path = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        let sticky = self.settings.sticky.extract(path, request.headers());
+        let sticky = self
+            .settings
+            .routing
+            .load()
+            .sticky
+            .extract(path, request.headers());
         match self.choose(&table, sticky, now_ms()) {
             Ok(choice) => {
                 let (origin, requester) = (conn.origin(Forwarded::Edge), conn.requester());

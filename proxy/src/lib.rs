@@ -25,5 +25,6 @@ pub mod import_apache;
 pub mod manager;
 pub mod member;
 pub mod metrics;
+pub mod server;
 pub mod sticky;
 pub mod table;

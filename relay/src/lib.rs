@@ -22,14 +22,16 @@
 
 pub mod admin;
 pub mod body;
-pub mod cli;
 pub mod clock;
 pub mod forward;
 pub mod headers;
 pub mod lifecycle;
+pub mod logging;
+pub mod map;
 pub mod metrics;
 pub mod request;
 pub mod serve;
+pub mod settings;
 pub mod stall;
 pub mod upstream;
 pub mod urlencoded;

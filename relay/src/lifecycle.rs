@@ -9,7 +9,7 @@
 use routemap::source::StartError;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,12 +18,13 @@ use tokio_util::task::TaskTracker;
 pub const EXIT_CONFIG: u8 = 64;
 
 /// Runs a binary's main future on a fresh runtime (the admin listener, the map source and
-/// the shutdown sequence live there; traffic runs on the workers). Exit status 0 when it
+/// the shutdown sequence live there; traffic runs on the workers), with the process's
+/// signals as its [`Controls`]. Exit status 0 when it
 /// returns `Ok(true)` (everything drained in time), 1 otherwise; an error is logged. A map
 /// source that cannot even start ([`StartError`]: a ConfigMap source without a usable
 /// Kubernetes client) exits with [`EXIT_CONFIG`] like any other configuration mistake, so a
 /// supervisor that stops retrying on 64 does not restart it in a loop.
-pub fn run_main<F>(main: F) -> std::process::ExitCode
+pub fn run_main<F>(main: impl FnOnce(Controls) -> F) -> std::process::ExitCode
 where
     F: std::future::Future<Output = anyhow::Result<bool>>,
 {
@@ -37,7 +38,12 @@ where
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(main) {
+    let outcome = runtime.block_on(async {
+        let (sender, controls) = self::controls();
+        forward_signals(sender)?;
+        main(controls).await
+    });
+    match outcome {
         Ok(true) => std::process::ExitCode::SUCCESS,
         Ok(false) => std::process::ExitCode::FAILURE,
         Err(error) if error.chain().any(|e| e.is::<StartError>()) => {
@@ -49,6 +55,48 @@ where
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// What a running server is told from outside: by signals in a process (see
+/// [`forward_signals`]), or directly by a test that runs the server in-process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Shut down gracefully; a second one cuts the waiting short. The name is logged.
+    Shutdown(&'static str),
+    /// Re-read the route map and the configuration, and apply what can change live.
+    Reload,
+}
+
+/// The receiving end a server's `run` takes.
+pub type Controls = mpsc::UnboundedReceiver<Control>;
+
+/// A new channel of controls.
+pub fn controls() -> (mpsc::UnboundedSender<Control>, Controls) {
+    mpsc::unbounded_channel()
+}
+
+/// Turns SIGTERM (Kubernetes, systemd) and SIGINT (Ctrl-C) into [`Control::Shutdown`] and
+/// SIGHUP (`systemctl reload`) into [`Control::Reload`], for as long as `to` is open. Must
+/// be called on a runtime; handlers are installed before this returns, so a signal sent
+/// right after start-up is not lost (SIGHUP would otherwise kill the process).
+pub fn forward_signals(to: mpsc::UnboundedSender<Control>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            let control = tokio::select! {
+                _ = term.recv() => Control::Shutdown("SIGTERM"),
+                _ = int.recv() => Control::Shutdown("SIGINT"),
+                _ = hup.recv() => Control::Reload,
+            };
+            if to.send(control).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Timing of a graceful shutdown.
@@ -90,16 +138,25 @@ impl Lifecycle {
         self.tunnels.clone()
     }
 
-    /// Waits for SIGTERM or SIGINT (or `external` to be cancelled), then drains: unready,
-    /// `drain_delay`, stop accepting, wait for `servers` and tunnels up to `grace`, stop the
-    /// admin listener. Returns whether everything finished within the grace period.
+    /// Serves until a [`Control::Shutdown`] (calling `reload` for every [`Control::Reload`]
+    /// before it), then drains: unready, `drain_delay`, stop accepting, wait for `servers`
+    /// and tunnels up to `grace`, stop the admin listener. A closed control channel counts
+    /// as a shutdown. Returns whether everything finished within the grace period.
     pub async fn run_until_shutdown(
         &self,
         timing: ShutdownTiming,
         servers: Vec<oneshot::Receiver<bool>>,
         admin: Option<JoinHandle<bool>>,
+        mut controls: Controls,
+        mut reload: impl FnMut(),
     ) -> bool {
-        let signal = wait_for_signal().await;
+        let signal = loop {
+            match controls.recv().await {
+                Some(Control::Reload) => reload(),
+                Some(Control::Shutdown(signal)) => break signal,
+                None => break "the end of its controls",
+            }
+        };
         self.draining.store(true, Ordering::Relaxed);
         tracing::info!(
             signal,
@@ -109,7 +166,7 @@ impl Lifecycle {
         );
         let cut_short = tokio::select! {
             () = tokio::time::sleep(timing.drain_delay) => false,
-            _ = wait_for_signal() => true,
+            () = next_shutdown(&mut controls) => true,
         };
         tracing::info!("no longer accepting connections; finishing in-flight requests");
         self.traffic.cancel();
@@ -127,7 +184,7 @@ impl Lifecycle {
         } else {
             tokio::select! {
                 done = tokio::time::timeout(timing.grace, finish) => done.unwrap_or(false),
-                _ = wait_for_signal() => false,
+                () = next_shutdown(&mut controls) => false,
             }
         };
         if finished {
@@ -143,19 +200,14 @@ impl Lifecycle {
     }
 }
 
-/// Resolves at SIGTERM (Kubernetes, systemd) or SIGINT (Ctrl-C).
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; only Ctrl-C will stop the process");
-        let _ = tokio::signal::ctrl_c().await;
-        return "SIGINT";
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// Resolves at the next shutdown request (reloads during a shutdown are ignored); never
+/// when the channel is closed, since nobody can ask any more.
+async fn next_shutdown(controls: &mut Controls) {
+    loop {
+        match controls.recv().await {
+            Some(Control::Shutdown(_)) => return,
+            Some(Control::Reload) => tracing::info!("reload ignored: shutting down"),
+            None => std::future::pending::<()>().await,
+        }
     }
 }

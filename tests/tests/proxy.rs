@@ -691,11 +691,68 @@ fn check_config_validates_flags_file_and_map() {
     std::fs::write(&config, r#"{"routemap": "/m", "stickysesion": "x"}"#).unwrap();
     let (code, text) = run(&["--config", config.to_str().unwrap(), "--check-config"]);
     assert_eq!(code, Some(64));
-    assert!(text.contains("unknown field `stickysesion`"), "{text}");
+    assert!(
+        text.contains("unknown key \"stickysesion\" (did you mean \"stickysession\"?)"),
+        "{text}"
+    );
     std::fs::write(&map, "127.0.0.2 www.1\n").unwrap();
     let (code, text) = run(&["--routemap", map.to_str().unwrap(), "--check-config"]);
     assert_eq!(code, Some(64));
     assert!(text.contains(":1: route \"www.1\""), "{text}");
+    // A typo in the map's path fails the check, although a running proxy waits for it.
+    let missing = dir.path().join("routemapp");
+    let (code, text) = run(&["--routemap", missing.to_str().unwrap(), "--check-config"]);
+    assert_eq!(code, Some(64), "{text}");
+    assert!(text.contains("routemapp"), "{text}");
+}
+
+#[test]
+fn an_invalid_value_is_reported_where_it_was_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.json");
+    std::fs::write(&config, r#"{"routemap": "/m", "retry": "soon"}"#).unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out =
+            std::process::Command::new(stickyroute_tests::process::binary("stickyroute-proxy"))
+                .args(args)
+                .env_clear()
+                .envs(env.iter().copied())
+                .output()
+                .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let file = config.to_str().unwrap();
+    let (code, text) = run(&["--config", file, "--check-config"], &[]);
+    assert_eq!(code, Some(64));
+    assert!(
+        text.contains(&format!("{file} key \"retry\": \"soon\"")),
+        "{text}"
+    );
+    let (code, text) = run(
+        &["--routemap", "/m", "--check-config"],
+        &[("STICKYROUTE_RETRY", "soon")],
+    );
+    assert_eq!(code, Some(64));
+    assert!(
+        text.contains("environment variable STICKYROUTE_RETRY: \"soon\""),
+        "{text}"
+    );
+    // The environment wins over the file, and a flag over both.
+    std::fs::write(&config, r#"{"routemap": "/m", "retry": "soon"}"#).unwrap();
+    let (code, text) = run(
+        &["--config", file, "--check-config", "--retry", "5s"],
+        &[("STICKYROUTE_RETRY", "also soon")],
+    );
+    assert_eq!(code, Some(64), "the file's value is still checked: {text}");
+    let (code, text) = run(
+        &["--routemap", "/m", "--check-config", "--retry", "soon"],
+        &[],
+    );
+    assert_eq!(code, Some(2), "a bad flag is a usage error: {text}");
+    assert!(text.contains("--retry"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,7 @@
 pub mod admission;
 mod client_io;
 mod connection;
+pub mod listeners;
 pub mod stats;
 
 use crate::body::Body;
@@ -99,10 +100,14 @@ pub struct ServerLimits {
     pub idle_timeout: Duration,
 }
 
+/// The time a client has for a complete request head, and an idle connection before it
+/// is closed.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Default for ServerLimits {
     fn default() -> Self {
         Self {
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             idle_timeout: Duration::from_secs(60),

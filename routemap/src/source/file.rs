@@ -42,6 +42,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+/// The default quiet time after the last file event before the map is read.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(150);
+
 /// Timing of the file source. The defaults suit both hand edits and kubelet updates.
 #[derive(Debug, Clone)]
 pub struct FileWatchOptions {
@@ -54,15 +57,18 @@ pub struct FileWatchOptions {
     pub settle: Duration,
     /// The safety-net re-read interval.
     pub poll_interval: Duration,
+    /// Notified to read the file now (a reload asked for it), whatever the events say.
+    pub reread: Arc<Notify>,
 }
 
 impl Default for FileWatchOptions {
     fn default() -> Self {
         Self {
-            debounce: Duration::from_millis(150),
+            debounce: DEFAULT_DEBOUNCE,
             max_wait: Duration::from_secs(1),
             settle: Duration::from_millis(30),
             poll_interval: Duration::from_secs(30),
+            reread: Arc::default(),
         }
     }
 }
@@ -216,6 +222,7 @@ async fn follow(path: PathBuf, options: FileWatchOptions, publisher: Publisher) 
         tokio::select! {
             () = hints.wake.notified() => debounce(&hints, &options).await,
             () = tokio::time::sleep_until(next_poll) => next_poll = Instant::now() + poll,
+            () = options.reread.notified() => {}
         }
         load_whole(&path, &origin, &options, &hints, &publisher).await;
         relevant.refresh(&path);

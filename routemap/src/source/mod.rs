@@ -13,7 +13,7 @@ mod location;
 
 #[cfg(feature = "kubernetes")]
 pub use configmap::ConfigMapSource;
-pub use file::{FileSource, FileWatchOptions, read_map_file};
+pub use file::{DEFAULT_DEBOUNCE, FileSource, FileWatchOptions, read_map_file};
 pub use fixed::FixedSource;
 pub use location::{ConfigMapRef, DEFAULT_CONFIGMAP_KEY, MapLocation, StartError, start};
 

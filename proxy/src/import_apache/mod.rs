@@ -7,9 +7,11 @@
 //! Members are plain HTTP: an `https://` (or any other) member is an error, never quietly
 //! imported as `http`. Every message names the Apache file and line it is about.
 //!
-//! Apache configurations are line-oriented, but copies pasted into wikis and blogs (the seed's
-//! among them) often lose their line breaks; directives are therefore also split at section
+//! Apache configurations are line-oriented, but copies pasted into wikis and blogs (the classic
+//! write-up's among them) often lose their line breaks; directives are therefore also split at section
 //! tags and at the names of the directives this importer knows.
+
+pub mod cli;
 
 use routemap::{Key, LoadFactor, RouteId, RouteMap, Status};
 use serde_json::{Map, Value, json};

@@ -1,0 +1,169 @@
+//! The proxy as a library: [`run`] serves with validated settings on listeners bound
+//! beforehand, until its controls say stop. `main` only reads the settings, sets up logging,
+//! binds and calls it; tests, the demo and the benchmarks call it in-process the same way.
+
+use crate::admin::ProxyAdmin;
+use crate::balancer::{Addressing, Balancer, follow};
+use crate::config::{self, ProxyOptions, RoutingOptions, Settings};
+use crate::handler::Proxy;
+use crate::health;
+use crate::manager::access::Access;
+use crate::manager::agents;
+use crate::manager::hosts::AllowedHosts;
+use crate::metrics::Metrics;
+use std::sync::Arc;
+use stickyroute_relay::forward::Upstreams;
+use stickyroute_relay::lifecycle::{Controls, Lifecycle};
+use stickyroute_relay::map::{FollowedMap, start_map};
+use stickyroute_relay::serve::admission::{
+    ADMIN_MAX_CONNECTIONS, Admission, fit_to_descriptors, raise_open_file_limit,
+};
+use stickyroute_relay::serve::listeners::Listeners;
+use stickyroute_relay::serve::serve;
+use stickyroute_relay::serve::stats::ServeStats;
+use stickyroute_relay::settings::{Changes, Layered, SettingsError, keys_of};
+use stickyroute_relay::workers;
+
+/// The variable holding balancer-manager tokens (`NAME:SECRET`, comma-separated): a secret,
+/// so never a flag.
+pub const ADMIN_TOKEN_ENV: &str = "STICKYROUTE_ADMIN_TOKEN";
+
+/// Reads and validates the settings from `argv` (program name first), the config file it
+/// names and the environment, tokens included.
+pub fn settings(argv: &[std::ffi::OsString]) -> Result<Settings, SettingsError> {
+    let layered = config::read(argv)?;
+    Settings::new(layered, std::env::var(ADMIN_TOKEN_ENV).ok())
+}
+
+/// Serves until a shutdown control, then drains. Returns whether everything finished
+/// within the grace period.
+pub async fn run(
+    settings: Settings,
+    listeners: Listeners,
+    controls: Controls,
+) -> anyhow::Result<bool> {
+    let open_files = raise_open_file_limit();
+    let max_connections = fit_to_descriptors(settings.max_connections, open_files);
+    let settings = Arc::new(settings);
+    let lifecycle = Arc::new(Lifecycle::default());
+    let map = start_map(&settings.routemap, settings.routemap_debounce).await?;
+    let balancer = Arc::new(Balancer::default());
+    tokio::spawn(follow(
+        balancer.clone(),
+        map.live.clone(),
+        Addressing {
+            member_port: settings.member_port,
+            domain_suffix: settings.member_domain_suffix.clone(),
+            dns_refresh: settings.dns_refresh,
+        },
+    ));
+    // Health checks and agent polling get a pool of their own, on this runtime.
+    let probes = Upstreams::new(settings.upstream, lifecycle.tunnels());
+    if let Some(check) = settings.health.clone() {
+        tokio::spawn(health::run(balancer.clone(), probes.clone(), check));
+    }
+    if let Some(port) = settings.agent_admin_port {
+        tokio::spawn(agents::poll(
+            balancer.clone(),
+            probes,
+            port,
+            settings.agent_poll_interval,
+        ));
+    }
+    let metrics = Arc::new(Metrics::default());
+    let bound: Vec<String> = listeners
+        .traffic_addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let (traffic, admin_listener) = listeners.into_parts()?;
+    {
+        let routing = settings.routing.load();
+        tracing::info!(
+            listen = %bound.join(","),
+            admin = %admin_listener.local_addr()?,
+            workers = settings.workers,
+            routemap = %settings.routemap,
+            stickysession = %routing.sticky.describe(),
+            nofailover = routing.nofailover,
+            lbmethod = routing.lbmethod.as_str(),
+            max_connections,
+            open_file_limit = open_files,
+            version = env!("CARGO_PKG_VERSION"),
+            "stickyroute-proxy started"
+        );
+    }
+    let traffic_stats = Arc::new(ServeStats::default());
+    let admin_stats = Arc::new(ServeStats::default());
+    let admin = ProxyAdmin {
+        settings: settings.clone(),
+        balancer: balancer.clone(),
+        live: map.live.clone(),
+        metrics: metrics.clone(),
+        lifecycle: lifecycle.clone(),
+        access: Access::new(settings.admin_allow.clone(), settings.admin_tokens.clone()),
+        hosts: AllowedHosts::new(settings.admin_hosts.clone()),
+        admin_stats: admin_stats.clone(),
+        traffic_stats: traffic_stats.clone(),
+    };
+    let grace = settings.shutdown.grace;
+    let admin_task = tokio::spawn(serve(
+        admin_listener,
+        Arc::new(admin),
+        settings.limits,
+        Admission::new(ADMIN_MAX_CONNECTIONS, admin_stats),
+        lifecycle.admin_stop(),
+        grace,
+    ));
+    // Each worker gets its own member connection pool, on its own event loop.
+    let (shared, tunnels, stats) = (settings.clone(), lifecycle.tunnels(), traffic_stats.clone());
+    let servers = workers::spawn(
+        traffic,
+        move |_| {
+            Arc::new(Proxy {
+                settings: shared.clone(),
+                balancer: balancer.clone(),
+                upstreams: Upstreams::new(shared.upstream, tunnels.clone()),
+                metrics: metrics.clone(),
+                stats: stats.clone(),
+            })
+        },
+        settings.limits,
+        Admission::new(max_connections, traffic_stats),
+        lifecycle.traffic_stop(),
+        grace,
+    )?;
+    let mut last_read = settings.source.clone();
+    Ok(lifecycle
+        .run_until_shutdown(
+            settings.shutdown,
+            servers,
+            Some(admin_task),
+            controls,
+            || reload(&settings, &map, &mut last_read),
+        )
+        .await)
+}
+
+/// SIGHUP: the map is read again, and so is the configuration; the routing settings are
+/// applied at once, and any other change is logged as needing a restart. An invalid
+/// configuration changes nothing.
+fn reload(running: &Settings, map: &FollowedMap, last_read: &mut Layered<ProxyOptions>) {
+    tracing::info!(routemap = %running.routemap, "reload: reading the route map and the configuration again");
+    map.reread();
+    let read = match settings(&running.source.argv) {
+        Ok(read) => read,
+        Err(error) => {
+            tracing::error!("reload: invalid configuration, nothing changed: {error}");
+            return;
+        }
+    };
+    let live = keys_of::<RoutingOptions>();
+    let changes = Changes {
+        applied: Changes::between(last_read, &read.source, &live).applied,
+        need_restart: Changes::between(&running.source, &read.source, &live).need_restart,
+    };
+    running.routing.store(read.routing.load_full());
+    changes.log(&read.source);
+    *last_read = read.source;
+}
