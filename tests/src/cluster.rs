@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
-/// The seed's members: route, address, loadfactor.
+/// The members of the classic Apache setup: route, address, loadfactor.
 pub const SEED: [(&str, &str, u8); 4] = [
     ("www1", "127.0.0.2", 60),
     ("www2", "127.0.0.3", 60),
@@ -38,6 +38,15 @@ pub fn line(app: &TestApp, route: &str, extra: &str) -> String {
 
 impl Cluster {
     pub async fn start(members: &[(&'static str, &str, u8)], args: &[&str]) -> Self {
+        Self::launch(members, args, false).await
+    }
+
+    /// Like [`Cluster::start`], with the proxy as a child process (for its log, signals).
+    pub async fn start_process(members: &[(&'static str, &str, u8)], args: &[&str]) -> Self {
+        Self::launch(members, args, true).await
+    }
+
+    async fn launch(members: &[(&'static str, &str, u8)], args: &[&str], process: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let map = dir.path().join("routemap");
         let mut apps = HashMap::new();
@@ -48,7 +57,12 @@ impl Cluster {
             apps.insert(*route, app);
         }
         std::fs::write(&map, text).unwrap();
-        let proxy = Proxy::builder(&map).args(args).start();
+        let builder = Proxy::builder(&map).args(args);
+        let proxy = if process {
+            builder.start_process()
+        } else {
+            builder.start()
+        };
         let cluster = Self {
             dir,
             map,
@@ -59,8 +73,13 @@ impl Cluster {
         cluster
     }
 
-    pub async fn seed(args: &[&str]) -> Self {
+    pub async fn classic(args: &[&str]) -> Self {
         Self::start(&SEED, args).await
+    }
+
+    /// Like [`Cluster::classic`], with the proxy as a child process.
+    pub async fn classic_process(args: &[&str]) -> Self {
+        Self::start_process(&SEED, args).await
     }
 
     /// Rewrites the map (editor style) from (route, extra attributes) pairs.

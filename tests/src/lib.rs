@@ -21,6 +21,7 @@ pub mod agent;
 pub mod app;
 pub mod client;
 pub mod cluster;
+pub mod in_process;
 pub mod kube_api;
 pub mod kubelet;
 pub mod process;

@@ -1,14 +1,16 @@
-//! What the agent and the proxy have in common as processes under test: a command line
-//! and environment, started as a child, with the traffic and admin addresses it logged.
+//! What the agent and the proxy have in common as servers under test: a command line and
+//! environment, started in-process through the library's `run` (or as a child process,
+//! for what only a process shows), with the traffic and admin addresses it bound.
 
+use crate::in_process::Runner;
 use crate::process::Process;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// A running server binary and the addresses it bound.
+/// A running server and the addresses it bound.
 pub struct Server {
-    pub process: Process,
+    pub process: Runner,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
 }
@@ -74,8 +76,19 @@ impl<T: From<Server>> ServerBuilder<T> {
         self
     }
 
-    /// Starts the binary and waits until it has logged the addresses it bound.
+    /// Starts the server in this process, through its library's `run`.
     pub fn start(self) -> T {
+        let (process, addr, admin) = crate::in_process::start(self.binary, &self.args, &self.env);
+        T::from(Server {
+            process,
+            addr,
+            admin,
+        })
+    }
+
+    /// Starts the binary as a child process and waits until it has logged the addresses
+    /// it bound: for tests of signals, exit codes, the log, memory and descriptors.
+    pub fn start_process(self) -> T {
         let env: Vec<(&str, &str)> = self
             .env
             .iter()
@@ -87,7 +100,7 @@ impl<T: From<Server>> ServerBuilder<T> {
         let addr = process.logged_addr(&started, "listen", patience);
         let admin = process.logged_addr(&started, "admin", patience);
         T::from(Server {
-            process,
+            process: Runner::Process(process),
             addr,
             admin,
         })

@@ -26,12 +26,24 @@ async fn setup(args: &[&str]) -> (TempDir, TestApp, Agent) {
 }
 
 async fn setup_with_map(map: &str, args: &[&str]) -> (TempDir, TestApp, Agent) {
+    launch(map, args, false).await
+}
+
+/// Like [`setup`], with the agent as a child process (for its log and its memory).
+async fn setup_process(args: &[&str]) -> (TempDir, TestApp, Agent) {
+    launch("127.0.0.2 www1\n127.0.0.3 www2\n", args, true).await
+}
+
+async fn launch(map: &str, args: &[&str], process: bool) -> (TempDir, TestApp, Agent) {
     let dir = tempfile::tempdir().unwrap();
     let path = write_map(&dir, map);
     let app = TestApp::start("app1", "127.0.0.12").await;
-    let agent = Agent::builder("127.0.0.2", app.addr(), &path)
-        .args(args)
-        .start();
+    let builder = Agent::builder("127.0.0.2", app.addr(), &path).args(args);
+    let agent = if process {
+        builder.start_process()
+    } else {
+        builder.start()
+    };
     wait_ready(&agent).await;
     (dir, app, agent)
 }
@@ -182,7 +194,7 @@ async fn session_cookie_names_match_case_insensitively() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_key_missing_means_no_cookie_one_warning_and_a_counter() {
     let (_dir, _app, agent) =
-        setup_with_map("127.0.0.3 www2\n", &["--session-cookie", "SESSION"]).await;
+        launch("127.0.0.3 www2\n", &["--session-cookie", "SESSION"], true).await;
     for _ in 0..3 {
         let reply = with_cookie(&agent, "SESSION=x").await;
         assert_eq!(reply.status, 200);
@@ -300,10 +312,10 @@ async fn two_agents_with_the_same_arguments_find_their_own_routes_and_follow_map
     let same = ["--session-cookie", "SESSION", "--cookie-domain", "none"];
     let agent1 = Agent::builder("127.0.0.2", app1.addr(), &map)
         .args(&same)
-        .start();
+        .start_process();
     let agent2 = Agent::builder("127.0.0.3", app2.addr(), &map)
         .args(&same)
-        .start();
+        .start_process();
     wait_ready(&agent1).await;
     wait_ready(&agent2).await;
     let cookie = |agent: &Agent| {
@@ -398,7 +410,7 @@ async fn a_websocket_echo_works_through_the_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_stream_both_ways_in_bounded_memory() {
     const SIZE: u64 = 200 * 1024 * 1024;
-    let (_dir, _app, agent) = setup(&["--session-cookie", "SESSION"]).await;
+    let (_dir, _app, agent) = setup_process(&["--session-cookie", "SESSION"]).await;
     let baseline = agent.process.rss_kib();
     let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(baseline));
     let pid_watch = {
@@ -485,7 +497,7 @@ async fn sigterm_finishes_the_slow_request_then_refuses_new_connections() {
             "--grace-period",
             "10s",
         ])
-        .start();
+        .start_process();
     wait_ready(&agent).await;
     let addr = agent.addr;
     let slow = tokio::spawn(async move { get(addr, "/slow?ms=2000").send().await });
@@ -605,4 +617,38 @@ fn a_configuration_that_cannot_work_exits_64_with_the_reason() {
             .join("\n")
             .contains("nothing would ever set the cookie")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_the_cookie_settings_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let map = write_map(&dir, "127.0.0.2 www1\n");
+    let app = TestApp::start("app1", "127.0.0.12").await;
+    let config = dir.path().join("agent.json");
+    std::fs::write(&config, r#"{"session_cookie": ["SESSION"]}"#).unwrap();
+    let agent = Agent::builder("127.0.0.2", app.addr(), &map)
+        .args(&["--config", config.to_str().unwrap()])
+        .start();
+    wait_ready(&agent).await;
+    let cookie = || async {
+        get(agent.addr, "/")
+            .host("shop.example")
+            .header("cookie", "SESSION=abc")
+            .send()
+            .await
+            .set_cookies_named("balanceid")
+    };
+    assert_eq!(cookie().await, [COOKIE_WWW1]);
+    std::fs::write(
+        &config,
+        r#"{"session_cookie": ["SESSION"], "cookie_max_age": 600, "cookie_httponly": true}"#,
+    )
+    .unwrap();
+    agent.process.reload();
+    stickyroute_tests::eventually_async("the new cookie attributes", PATIENCE, || async {
+        let set = cookie().await;
+        (set.len() == 1 && set[0].contains("Max-Age=600") && set[0].contains("HttpOnly"))
+            .then_some(())
+    })
+    .await;
 }

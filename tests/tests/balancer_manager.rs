@@ -43,7 +43,7 @@ async fn change(admin: SocketAddr, route: &str, body: Value) -> Reply {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_lists_changes_resets_and_rejects_bad_input() {
-    let c = Cluster::seed(&["--nofailover"]).await;
+    let c = Cluster::classic_process(&["--nofailover"]).await;
     let before = view(c.proxy.admin).await;
     assert_eq!(before["balancer"]["stickysession"], "balanceid");
     assert_eq!(before["balancer"]["nofailover"], true);
@@ -151,7 +151,7 @@ async fn changes_need_the_nonce_and_a_token_when_tokens_are_configured() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, "ops:correct-horse-battery-staple\n").unwrap();
-    let c = Cluster::seed(&["--admin-token-file", tokens.to_str().unwrap()]).await;
+    let c = Cluster::classic_process(&["--admin-token-file", tokens.to_str().unwrap()]).await;
     let no_token = get(c.proxy.admin, API).send().await;
     assert_eq!(no_token.status, 401);
     assert!(
@@ -217,7 +217,7 @@ async fn changes_need_the_nonce_and_a_token_when_tokens_are_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn addresses_outside_the_allow_list_get_403() {
-    let c = Cluster::seed(&["--admin-allow", "127.0.0.1/32"]).await;
+    let c = Cluster::classic_process(&["--admin-allow", "127.0.0.1/32"]).await;
     let outside = get(c.proxy.admin, API).from("127.0.0.2").send().await;
     assert_eq!(outside.status, 403);
     let page = get(c.proxy.admin, "/balancer-manager")
@@ -243,7 +243,7 @@ async fn addresses_outside_the_allow_list_get_403() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_keeps_sessions_and_disabling_under_nofailover_gives_503() {
-    let c = Cluster::seed(&["--nofailover"]).await;
+    let c = Cluster::classic(&["--nofailover"]).await;
     let nonce = view(c.proxy.admin).await["nonce"]
         .as_str()
         .unwrap()
@@ -410,7 +410,7 @@ async fn each_members_agent_map_hash_is_shown_and_a_different_one_is_marked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_in_a_real_browser_drains_a_member() {
-    let c = Cluster::seed(&[]).await;
+    let c = Cluster::classic(&[]).await;
     let browser = Browser::start().await;
     let page = format!("http://{}/balancer-manager", c.proxy.admin);
     browser.open(&page).await;
@@ -457,7 +457,7 @@ async fn the_page_in_a_real_browser_drains_a_member() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_web_page_cannot_drive_the_balancer_manager() {
-    let c = Cluster::seed(&["--admin-host", "admin.shop.svc"]).await;
+    let c = Cluster::classic(&["--admin-host", "admin.shop.svc"]).await;
     let admin = c.proxy.admin;
     let nonce = view(admin).await["nonce"].as_str().unwrap().to_owned();
     let body = json!({"nonce": nonce, "status": "drain"}).to_string();

@@ -45,7 +45,7 @@ impl Deployment {
             )
             .args(&["--session-cookie", "SESSION"])
             .env("KUBECONFIG", &kubeconfig)
-            .start();
+            .start_process();
             apps.push(app);
             agents.push(agent);
         }
@@ -54,7 +54,7 @@ impl Deployment {
         let proxy = Proxy::builder_with_map(&map_flags)
             .args(&["--unknown-route", "reject"])
             .env("KUBECONFIG", &kubeconfig)
-            .start();
+            .start_process();
         Self {
             api,
             _apps: apps,

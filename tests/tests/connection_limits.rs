@@ -160,7 +160,7 @@ fn proxy_with_nofile(limit: &str, map: &std::path::Path, extra: &[&str]) -> Prox
     let addr = process.logged_addr("stickyroute-proxy started", "listen", patience);
     let admin = process.logged_addr("stickyroute-proxy started", "admin", patience);
     Proxy::from(stickyroute_tests::server::Server {
-        process,
+        process: stickyroute_tests::in_process::Runner::Process(process),
         addr,
         admin,
     })

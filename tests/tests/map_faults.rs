@@ -21,10 +21,10 @@ async fn a_megabyte_of_invalid_lines_costs_the_proxy_and_the_agent_little_memory
     let app = TestApp::start("www1", "127.0.0.2").await;
     // The proxy reaches the app directly; the agent finds its own entry by its address.
     let map = write_map(dir.path(), &[("www1", app.addr())]);
-    let proxy = Proxy::builder(&map).start();
+    let proxy = Proxy::builder(&map).start_process();
     let agent = Agent::builder("127.0.0.2", app.addr(), &map)
         .arg("--track-all")
-        .start();
+        .start_process();
     agent.process.wait_ready(agent.admin).await;
     proxy.wait_members(1).await;
     let before = (proxy.process.rss_kib(), agent.process.rss_kib());
@@ -69,7 +69,7 @@ async fn a_megabyte_of_invalid_lines_costs_the_proxy_and_the_agent_little_memory
 async fn a_missing_map_directory_is_reported_once() {
     let dir = tempfile::tempdir().unwrap();
     let map = dir.path().join("not-yet").join("routemap");
-    let proxy = Proxy::builder(&map).start();
+    let proxy = Proxy::builder(&map).start_process();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let warnings = proxy.process.log_lines_with("cannot watch");
     assert_eq!(warnings.len(), 1, "{warnings:#?}");

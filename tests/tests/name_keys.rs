@@ -54,7 +54,7 @@ async fn name_keys_are_looked_up_with_the_member_domain_suffix() {
     std::fs::write(&map, "web-0 www0 port=8080\n").unwrap();
     let proxy = Proxy::builder(&map)
         .args(&["--member-domain-suffix", ".web.shop.svc.cluster.local"])
-        .start();
+        .start_process();
     // What a pod's resolver would be asked for the StatefulSet pod web-0 behind the
     // headless Service web in namespace shop.
     proxy

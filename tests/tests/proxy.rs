@@ -12,7 +12,7 @@ use stickyroute_tests::cluster::{Cluster, counts};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seeds_cookie_routes_to_its_member_every_time() {
-    let c = Cluster::seed(&["--nofailover"]).await;
+    let c = Cluster::classic(&["--nofailover"]).await;
     for _ in 0..10 {
         assert_eq!(
             c.answer(Some("balanceid=route.www1")).await,
@@ -53,7 +53,7 @@ async fn the_seeds_cookie_routes_to_its_member_every_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_sessions_follow_the_seed_weights_exactly() {
-    let c = Cluster::seed(&[]).await;
+    let c = Cluster::classic(&[]).await;
     assert_eq!(
         c.distribution(200).await,
         counts(&[("www1", 60), ("www2", 60), ("www3", 60), ("www0", 20)])
@@ -77,14 +77,14 @@ async fn new_sessions_follow_the_seed_weights_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_can_be_refused() {
-    let c = Cluster::seed(&["--unknown-route", "reject"]).await;
+    let c = Cluster::classic(&["--unknown-route", "reject"]).await;
     assert_eq!(c.answer(Some("balanceid=route.nosuch")).await.0, 503);
     assert_eq!(c.answer(Some("balanceid=route.www1")).await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn url_parameters_win_over_the_cookie_and_the_affinity_header_works() {
-    let c = Cluster::seed(&[
+    let c = Cluster::classic(&[
         "--stickysession",
         "balanceid|jsessionid",
         "--affinity-header",
@@ -119,7 +119,7 @@ async fn url_parameters_win_over_the_cookie_and_the_affinity_header_works() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nofailover_gives_503_to_the_dead_members_sessions_only_and_recovers_after_retry() {
-    let mut c = Cluster::seed(&["--nofailover", "--retry", "1s"]).await;
+    let mut c = Cluster::classic(&["--nofailover", "--retry", "1s"]).await;
     let www2 = c.apps.remove("www2").unwrap();
     let addr = www2.addr();
     www2.stop().await;
@@ -160,7 +160,7 @@ async fn nofailover_gives_503_to_the_dead_members_sessions_only_and_recovers_aft
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_nofailover_a_dead_members_session_fails_over() {
-    let mut c = Cluster::seed(&[]).await;
+    let mut c = Cluster::classic(&[]).await;
     c.apps.remove("www2").unwrap().stop().await;
     for _ in 0..5 {
         let (status, app) = c.answer(Some("balanceid=route.www2")).await;
@@ -200,7 +200,7 @@ async fn a_post_is_retried_elsewhere_only_when_the_connection_failed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_disabled_and_standby_members() {
-    let c = Cluster::seed(&["--nofailover"]).await;
+    let c = Cluster::classic(&["--nofailover"]).await;
     c.write_map(&[
         ("www1", "loadfactor=60 status=drain"),
         ("www2", "loadfactor=60 status=disabled"),
@@ -288,7 +288,8 @@ async fn failonstatus_puts_a_member_in_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_added_member_takes_new_sessions_within_a_second_without_restart() {
-    let mut c = Cluster::start(&[("www1", "127.0.0.2", 1), ("www2", "127.0.0.3", 1)], &[]).await;
+    let mut c =
+        Cluster::start_process(&[("www1", "127.0.0.2", 1), ("www2", "127.0.0.3", 1)], &[]).await;
     let pid = c.proxy.process.pid();
     let www5 = TestApp::start("www5", "127.0.0.6").await;
     c.apps.insert("www5", www5);
@@ -425,7 +426,7 @@ async fn two_hundred_map_changes_under_load_lose_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_sets_forwarded_headers_at_the_edge_and_keeps_host() {
-    let c = Cluster::seed(&[]).await;
+    let c = Cluster::classic(&[]).await;
     let seen = get(c.proxy.addr, "/")
         .host("shop.example")
         .header("cookie", "balanceid=route.www1")
@@ -448,7 +449,7 @@ async fn forwarding_sets_forwarded_headers_at_the_edge_and_keeps_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_stays_on_its_member() {
-    let c = Cluster::seed(&[]).await;
+    let c = Cluster::classic(&[]).await;
     let before = c.apps["www3"].requests();
     let mut request =
         tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
@@ -472,7 +473,7 @@ async fn a_websocket_stays_on_its_member() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_stream_through_the_proxy_in_bounded_memory() {
     const SIZE: u64 = 100 * 1024 * 1024;
-    let c = Cluster::start(&[("www1", "127.0.0.2", 1)], &[]).await;
+    let c = Cluster::start_process(&[("www1", "127.0.0.2", 1)], &[]).await;
     let baseline = c.proxy.process.rss_kib();
     let download = get(c.proxy.addr, &format!("/download?bytes={SIZE}")).send();
     let reply = download.await;
@@ -592,7 +593,7 @@ async fn a_slow_header_client_is_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_in_flight_request_finish() {
-    let c = Cluster::start(&[("www1", "127.0.0.2", 1)], &["--drain-delay", "300ms"]).await;
+    let c = Cluster::start_process(&[("www1", "127.0.0.2", 1)], &["--drain-delay", "300ms"]).await;
     let addr = c.proxy.addr;
     let slow = tokio::spawn(async move { get(addr, "/slow?ms=1500").send().await });
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -605,7 +606,7 @@ async fn sigterm_lets_the_in_flight_request_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_members_and_the_map() {
-    let c = Cluster::seed(&["--nofailover"]).await;
+    let c = Cluster::classic(&["--nofailover"]).await;
     c.answer(Some("balanceid=route.www1")).await;
     let status = c.status().await;
     assert_eq!(status["balancer"]["stickysession"], "balanceid");
@@ -840,4 +841,59 @@ async fn a_slow_upload_outlives_the_response_timeout_and_a_stalled_one_gets_408(
     );
     let status = c.status().await;
     assert_eq!(status["members"][0]["errors"], 0, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_the_routing_settings_and_names_what_needs_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = stickyroute_tests::app::TestApp::start("www1", "127.0.0.2").await;
+    let map = stickyroute_tests::proxy::write_map(dir.path(), &[("www1", app.addr())]);
+    let config = dir.path().join("proxy.json");
+    let write_config = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(r#"{{"routemap": "{}"{extra}}}"#, map.display()),
+        )
+        .unwrap()
+    };
+    write_config("");
+    let proxy =
+        stickyroute_tests::proxy::Proxy::builder_with_map(&["--config", config.to_str().unwrap()])
+            .start_process();
+    proxy.wait_members(1).await;
+    let balancer = |status: serde_json::Value| status["balancer"].clone();
+    let before = balancer(get(proxy.admin, "/status").send().await.json());
+    assert_eq!(before["nofailover"], false);
+    write_config(r#", "nofailover": true, "retry": "7s", "max_headers": 50"#);
+    proxy.process.signal("HUP");
+    proxy
+        .process
+        .eventually_logs("the restart warning", |l| {
+            l.contains("need a restart") && l.contains("max_headers=50")
+        })
+        .await;
+    let after = balancer(get(proxy.admin, "/status").send().await.json());
+    assert_eq!(after["nofailover"], true, "{after}");
+    assert_eq!(after["retry_seconds"], 7, "{after}");
+    let applied = proxy.process.log_lines_with("reload: applied");
+    assert!(
+        applied
+            .iter()
+            .any(|l| l.contains("nofailover=true") && l.contains("retry=7s")),
+        "{applied:?}"
+    );
+    // A broken file changes nothing, and the proxy keeps serving.
+    write_config(r#", "retry": "soon""#);
+    proxy.process.signal("HUP");
+    proxy
+        .process
+        .eventually_logs("the refusal", |l| {
+            l.contains("nothing changed") && l.contains("\"soon\"")
+        })
+        .await;
+    assert_eq!(
+        balancer(get(proxy.admin, "/status").send().await.json())["retry_seconds"],
+        7
+    );
+    assert_eq!(get(proxy.addr, "/").send().await.status, 200);
 }

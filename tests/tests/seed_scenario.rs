@@ -113,7 +113,7 @@ impl Seed {
                 "--member-port",
                 &port.to_string(),
             ])
-            .start();
+            .start_process();
         let seed = Seed {
             _dir: dir,
             map,
