@@ -4,11 +4,9 @@ use crate::handler::Agent;
 use crate::identity::MatchedBy;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use routemap::MapStatus;
-use serde::Serialize;
-use std::net::IpAddr;
 use std::sync::Arc;
 use stickyroute_relay::admin;
+use stickyroute_relay::agent_status::{self, AgentStatus, Keys, MapReport, OwnRoute};
 use stickyroute_relay::body::{self, Body};
 use stickyroute_relay::lifecycle::Lifecycle;
 use stickyroute_relay::serve::{ConnInfo, Handler};
@@ -20,36 +18,10 @@ pub struct AgentAdmin {
     pub admin_stats: Arc<stickyroute_relay::serve::stats::ServeStats>,
 }
 
-/// `/status`: what an operator (or the proxy's balancer-manager) wants to know.
-#[derive(Serialize)]
-struct Status {
-    version: &'static str,
-    upstream: String,
-    keys: Keys,
-    /// This instance's route(s) in the map in use, one per address key.
-    routes: Vec<OwnRoute>,
-    /// The route cookies are issued with when keys miss the map.
-    default_route: Option<String>,
-    map: MapStatus,
-    draining: bool,
-}
-
-#[derive(Serialize)]
-struct Keys {
-    /// `--server-addr`, else the local addresses connections arrived on so far.
-    addresses: Vec<IpAddr>,
-    name: Option<String>,
-}
-
-#[derive(Serialize)]
-struct OwnRoute {
-    address: IpAddr,
-    route: Option<String>,
-    matched_by: Option<MatchedBy>,
-}
-
 impl AgentAdmin {
-    fn status(&self) -> Status {
+    /// `/status`: what an operator (or the proxy's balancer-manager) wants to know, in the
+    /// shape both binaries share.
+    fn status(&self) -> AgentStatus {
         let identity = self.agent.identity();
         let snapshot = self.agent.live.load();
         let addresses = identity.addr_keys().to_vec();
@@ -60,12 +32,15 @@ impl AgentAdmin {
                 OwnRoute {
                     address: *address,
                     route: found.map(|(e, _)| e.route.to_string()),
-                    matched_by: found.map(|(_, by)| by),
+                    matched_by: found.map(|(_, by)| match by {
+                        MatchedBy::Address => agent_status::MatchedBy::Address,
+                        MatchedBy::Name => agent_status::MatchedBy::Name,
+                    }),
                 }
             })
             .collect();
-        Status {
-            version: env!("CARGO_PKG_VERSION"),
+        AgentStatus {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
             upstream: self.agent.settings.upstream.to_string(),
             keys: Keys {
                 addresses,
@@ -80,7 +55,7 @@ impl AgentAdmin {
                 .default_route
                 .as_ref()
                 .map(ToString::to_string),
-            map: self.agent.live.status(),
+            map: MapReport::from(&self.agent.live.status()),
             draining: self.lifecycle.is_draining(),
         }
     }

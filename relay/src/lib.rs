@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod agent_status;
 pub mod body;
 pub mod clock;
 pub mod forward;
