@@ -8,7 +8,7 @@ use std::sync::Arc;
 use stickyroute_relay::admin;
 use stickyroute_relay::agent_status::{self, AgentStatus, Keys, MapReport, OwnRoute};
 use stickyroute_relay::body::{self, Body};
-use stickyroute_relay::lifecycle::Lifecycle;
+use stickyroute_relay::process::lifecycle::Lifecycle;
 use stickyroute_relay::serve::{ConnInfo, Handler};
 
 pub struct AgentAdmin {

@@ -16,14 +16,14 @@ use routemap::{Key, RouteId};
 use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use stickyroute_relay::forward::UpstreamTimeouts;
-use stickyroute_relay::lifecycle::ShutdownTiming;
+use stickyroute_relay::process::lifecycle::ShutdownTiming;
 use stickyroute_relay::serve::ServerLimits;
 use stickyroute_relay::settings::shared::{
     AGENT_PORT, AdminOptions, ClientLimitOptions, LogOptions, MapOptions, ShutdownOptions,
     UpstreamOptions, WorkerOptions,
 };
 use stickyroute_relay::settings::{Layered, SettingsError, load};
+use stickyroute_relay::upstream::forward::UpstreamTimeouts;
 
 pub const LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), AGENT_PORT);

@@ -14,11 +14,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use stickyroute_relay::body::{self, Body};
-use stickyroute_relay::forward::{ErrorSource, ForwardError, Upstreams};
 use stickyroute_relay::headers::Forwarded;
 use stickyroute_relay::request;
 use stickyroute_relay::serve::stats::ServeStats;
 use stickyroute_relay::serve::{ConnInfo, Handler};
+use stickyroute_relay::upstream::forward::{ErrorSource, ForwardError, Upstreams};
 
 /// What every worker's [`Agent`] shares.
 pub struct AgentShared {

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use stickyroute_agent::config::{Settings, host_name};
 use stickyroute_agent::server;
-use stickyroute_relay::lifecycle::{EXIT_CONFIG, run_main};
+use stickyroute_relay::process::lifecycle::{EXIT_CONFIG, run_main};
 use stickyroute_relay::serve::listeners::Listeners;
 use stickyroute_relay::settings::SettingsError;
 
@@ -19,7 +19,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Err(error) = stickyroute_relay::logging::init(&settings.log) {
+    if let Err(error) = stickyroute_relay::process::logging::init(&settings.log) {
         eprintln!("stickyroute-agent: {error}");
         return ExitCode::from(EXIT_CONFIG);
     }

@@ -4,8 +4,8 @@ use crate::inject::Reason;
 use routemap::MapStatus;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use stickyroute_relay::admin::map_metrics;
-use stickyroute_relay::forward::ForwardError;
 use stickyroute_relay::metrics::PromText;
+use stickyroute_relay::upstream::forward::ForwardError;
 
 #[derive(Debug, Default)]
 pub struct Metrics {

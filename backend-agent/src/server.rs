@@ -7,9 +7,9 @@ use crate::config::{AgentOptions, CookieOptions, Settings, host_name};
 use crate::handler::{Agent, AgentShared};
 use crate::metrics::Metrics;
 use std::sync::Arc;
-use stickyroute_relay::forward::Upstreams;
-use stickyroute_relay::lifecycle::{Controls, Lifecycle};
 use stickyroute_relay::map::{FollowedMap, start_map};
+use stickyroute_relay::process::lifecycle::{Controls, Lifecycle};
+use stickyroute_relay::process::workers;
 use stickyroute_relay::serve::admission::{
     ADMIN_MAX_CONNECTIONS, Admission, fit_to_descriptors, raise_open_file_limit,
 };
@@ -17,7 +17,7 @@ use stickyroute_relay::serve::listeners::Listeners;
 use stickyroute_relay::serve::serve;
 use stickyroute_relay::serve::stats::ServeStats;
 use stickyroute_relay::settings::{Changes, Layered, keys_of};
-use stickyroute_relay::workers;
+use stickyroute_relay::upstream::forward::Upstreams;
 
 /// Serves until a shutdown control, then drains. Returns whether everything finished
 /// within the grace period.

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use stickyroute_relay::admin;
 use stickyroute_relay::body::{self, Body};
 use stickyroute_relay::clock::now_ms;
-use stickyroute_relay::lifecycle::Lifecycle;
+use stickyroute_relay::process::lifecycle::Lifecycle;
 use stickyroute_relay::serve::stats::ServeStats;
 use stickyroute_relay::serve::{ConnInfo, Handler};
 

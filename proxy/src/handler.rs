@@ -22,12 +22,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use stickyroute_relay::body::{self, Body, Meter, OutgoingBody};
 use stickyroute_relay::clock::now_ms;
-use stickyroute_relay::forward::{ErrorSource, ForwardError, Origin, Prepared, Upstreams};
 use stickyroute_relay::headers::Forwarded;
 use stickyroute_relay::request;
 use stickyroute_relay::serve::stats::ServeStats;
 use stickyroute_relay::serve::{ConnInfo, Handler};
 use stickyroute_relay::upstream::Requester;
+use stickyroute_relay::upstream::forward::{
+    ErrorSource, ForwardError, Origin, Prepared, Upstreams,
+};
 
 /// At most this many members are tried for one request whose connections fail.
 const MAX_ATTEMPTS: usize = 3;

@@ -4,7 +4,7 @@
 use crate::balancer::Balancer;
 use crate::config::HealthCheck;
 use std::sync::Arc;
-use stickyroute_relay::forward::Upstreams;
+use stickyroute_relay::upstream::forward::Upstreams;
 
 pub async fn run(balancer: Arc<Balancer>, upstreams: Upstreams, check: HealthCheck) {
     let mut interval = tokio::time::interval(check.interval);

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use stickyroute_proxy::config::{self, Command, Settings, check};
 use stickyroute_proxy::import_apache;
 use stickyroute_proxy::server;
-use stickyroute_relay::lifecycle::{EXIT_CONFIG, run_main};
+use stickyroute_relay::process::lifecycle::{EXIT_CONFIG, run_main};
 use stickyroute_relay::serve::listeners::Listeners;
 use stickyroute_relay::settings::SettingsError;
 
@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     if check_only {
         return check::run(&settings);
     }
-    if let Err(error) = stickyroute_relay::logging::init(&settings.log) {
+    if let Err(error) = stickyroute_relay::process::logging::init(&settings.log) {
         eprintln!("stickyroute-proxy: {error}");
         return ExitCode::from(EXIT_CONFIG);
     }

@@ -12,9 +12,9 @@ use crate::manager::agents;
 use crate::manager::hosts::AllowedHosts;
 use crate::metrics::Metrics;
 use std::sync::Arc;
-use stickyroute_relay::forward::Upstreams;
-use stickyroute_relay::lifecycle::{Controls, Lifecycle};
 use stickyroute_relay::map::{FollowedMap, start_map};
+use stickyroute_relay::process::lifecycle::{Controls, Lifecycle};
+use stickyroute_relay::process::workers;
 use stickyroute_relay::serve::admission::{
     ADMIN_MAX_CONNECTIONS, Admission, fit_to_descriptors, raise_open_file_limit,
 };
@@ -22,7 +22,7 @@ use stickyroute_relay::serve::listeners::Listeners;
 use stickyroute_relay::serve::serve;
 use stickyroute_relay::serve::stats::ServeStats;
 use stickyroute_relay::settings::{Changes, Layered, SettingsError, keys_of};
-use stickyroute_relay::workers;
+use stickyroute_relay::upstream::forward::Upstreams;
 
 /// The variable holding balancer-manager tokens (`NAME:SECRET`, comma-separated): a secret,
 /// so never a flag.

@@ -8,7 +8,7 @@ use crate::process::Process;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use stickyroute_relay::lifecycle::{self, Control};
+use stickyroute_relay::process::lifecycle::{self, Control};
 use stickyroute_relay::serve::listeners::Listeners;
 use tokio::sync::mpsc::UnboundedSender;
 

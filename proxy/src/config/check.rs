@@ -6,7 +6,7 @@ use super::Settings;
 use routemap::RouteMap;
 use routemap::source::MapLocation;
 use std::process::ExitCode;
-use stickyroute_relay::lifecycle::EXIT_CONFIG;
+use stickyroute_relay::process::lifecycle::EXIT_CONFIG;
 
 /// Prints the verdict; exit status 0 when valid, [`EXIT_CONFIG`] otherwise.
 pub fn run(settings: &Settings) -> ExitCode {

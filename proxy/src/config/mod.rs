@@ -18,11 +18,11 @@ use routemap::source::MapLocation;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::time::Duration;
-use stickyroute_relay::forward::UpstreamTimeouts;
-use stickyroute_relay::lifecycle::ShutdownTiming;
+use stickyroute_relay::process::lifecycle::ShutdownTiming;
 use stickyroute_relay::serve::ServerLimits;
 use stickyroute_relay::settings::shared::LogOptions;
 use stickyroute_relay::settings::{Layered, SettingsError, load};
+use stickyroute_relay::upstream::forward::UpstreamTimeouts;
 
 /// The proxy's defaults for shared settings whose defaults differ between the binaries.
 const OWN_DEFAULTS: [(&str, &str); 1] = [("admin_listen", options::ADMIN_LISTEN)];

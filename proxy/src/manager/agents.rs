@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Limited};
 use std::sync::Arc;
 use std::time::Duration;
 use stickyroute_relay::agent_status::AgentStatus;
-use stickyroute_relay::forward::Upstreams;
+use stickyroute_relay::upstream::forward::Upstreams;
 
 /// Largest `/status` body read from an agent.
 const MAX_STATUS_BYTES: usize = 256 * 1024;

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-/// The traffic listeners (one list per worker, see [`crate::workers::bind_for_workers`])
+/// The traffic listeners (one list per worker, see [`crate::process::workers::bind_for_workers`])
 /// and the admin listener.
 #[derive(Debug)]
 pub struct Listeners {
@@ -18,7 +18,7 @@ impl Listeners {
         workers: usize,
         admin: SocketAddr,
     ) -> std::io::Result<Self> {
-        let traffic = crate::workers::bind_for_workers(traffic, workers)?;
+        let traffic = crate::process::workers::bind_for_workers(traffic, workers)?;
         let admin = std::net::TcpListener::bind(admin)
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {admin}: {e}")))?;
         admin.set_nonblocking(true)?;

@@ -7,9 +7,9 @@
 //! | what the client does | what ends it |
 //! | --- | --- |
 //! | connects beyond the connection limit | closed at once ([`admission`]) |
-//! | sends nothing, part of a request head or of the HTTP/2 preface | closed after the header read timeout ([`connection`]) |
+//! | sends nothing, part of a request head or of the HTTP/2 preface | closed after the header read timeout (`connection`) |
 //! | keeps an idle HTTP/1 or HTTP/2 connection after its last response | closed after the header read timeout |
-//! | stops reading a response | closed after the idle timeout ([`client_io`]) |
+//! | stops reading a response | closed after the idle timeout (`client_io`) |
 //! | stops sending a request body | 408 after the idle timeout (`crate::body`) |
 
 pub mod admission;
@@ -67,8 +67,8 @@ impl ConnInfo {
     }
 
     /// Where a request of this connection came from, for the `X-Forwarded-*` headers.
-    pub fn origin(&self, forwarded: crate::headers::Forwarded) -> crate::forward::Origin {
-        crate::forward::Origin {
+    pub fn origin(&self, forwarded: crate::headers::Forwarded) -> crate::upstream::forward::Origin {
+        crate::upstream::forward::Origin {
             client: self.remote,
             proto: "http",
             forwarded,

@@ -4,9 +4,9 @@
 //! the same in both.
 
 use super::Span;
-use crate::forward::UpstreamTimeouts;
-use crate::lifecycle::ShutdownTiming;
+use crate::process::lifecycle::ShutdownTiming;
 use crate::serve::ServerLimits;
+use crate::upstream::forward::UpstreamTimeouts;
 use clap::{Args, ValueEnum};
 use routemap::source::{ConfigMapRef, DEFAULT_CONFIGMAP_KEY, MapLocation};
 use std::net::SocketAddr;
@@ -121,7 +121,7 @@ pub struct WorkerOptions {
 impl WorkerOptions {
     pub fn count(&self) -> usize {
         self.workers
-            .map_or_else(crate::workers::default_count, usize::from)
+            .map_or_else(crate::process::workers::default_count, usize::from)
     }
 }
 

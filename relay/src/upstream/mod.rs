@@ -15,6 +15,7 @@
 pub mod body;
 pub mod chunked;
 pub mod connection;
+pub mod forward;
 pub mod head;
 pub mod pool;
 
