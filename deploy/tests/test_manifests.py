@@ -7,7 +7,9 @@ validated against the Kubernetes 1.32 OpenAPI schemas with unknown fields reject
 scoped to the one ConfigMap, no subPath on the map, the restricted securityContext, probes
 on the admin port, the sidecar ordering, no checksum annotation tied to the map.
 
-Run: python3 -m unittest discover -s deploy/tests -v   (after `cargo build`, for `routemap check`)
+Run: target/venv/bin/python -m unittest discover -s deploy/tests -v
+(scripts/test.sh creates target/venv with deploy/tests/requirements.txt, and runs `cargo build`
+first, for `routemap check`)
 """
 
 import pathlib

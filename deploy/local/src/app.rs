@@ -109,18 +109,29 @@ impl App {
             |b| format!("balanceid={b}"),
         );
         let (content_type, body) = if wants_html {
+            // The session id and the cookie come from the request: escaped, so a crafted
+            // cookie cannot put markup into the page. Without a session, the way to start
+            // one is a link in the sentence that says so.
+            let session_html = if sid.is_none() {
+                "no session (<a href=\"/login\">log in</a> to start one)".to_owned()
+            } else {
+                escape_html(&session_text)
+            };
             (
                 "text/html; charset=utf-8",
                 format!(
                     "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{name}</title></head>\
                      <body style=\"font-family:system-ui;margin:2em\"><h1>Served by {name}</h1>\
-                     <p>{session_text}</p><p><code>{cookie_text}</code></p>\
+                     <p>{session_html}</p><p><code>{cookie_html}</code></p>\
                      <p><a href=\"/\">Reload</a> · <a href=\"/login\">Log in (new session)</a> · <a href=\"/logout\">Log out</a></p>\
                      </body></html>",
-                    name = self.name
+                    name = self.name,
+                    cookie_html = escape_html(&cookie_text),
                 ),
             )
         } else {
+            // `served by NAME: ...`: the guide's `cut -d: -f1 | sort | uniq -c` counts
+            // backends by what comes before the first colon, so keep NAME first and alone.
             (
                 "text/plain; charset=utf-8",
                 format!("served by {}: {session_text}; {cookie_text}\n", self.name),
@@ -137,5 +148,34 @@ impl App {
             headers.insert(header::SET_COOKIE, cookie);
         }
         response
+    }
+}
+
+/// `text` with the characters that mean something in HTML replaced by their entities.
+fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_html;
+
+    #[test]
+    fn markup_from_a_cookie_is_shown_as_text() {
+        assert_eq!(
+            escape_html("session <script>alert('x')</script>&\""),
+            "session &lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;"
+        );
     }
 }

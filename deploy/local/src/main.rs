@@ -1,20 +1,28 @@
-//! `stickyroute-demo`: the seed's setup on loopback, in one command. Four demo apps on
-//! 127.0.0.2 … 127.0.0.5, each behind a real `stickyroute-agent` (the same arguments apart
-//! from listen and upstream), the real `stickyroute-proxy` in front, and a route map file
-//! that both follow live. Runs until Ctrl-C.
+//! `stickyroute-demo`: the classic Apache mod_proxy_balancer setup (four backends, www1 to
+//! www3 with loadfactor 60 and www0 with 20, a `balanceid=route.<id>` cookie set from a
+//! central route map) on loopback, in one command. Four demo apps on 127.0.0.2 … 127.0.0.5
+//! (in this process), each behind a real `stickyroute-agent` (the same arguments apart from
+//! listen and upstream), the real `stickyroute-proxy` in front, and a route map file that
+//! both follow live. The agents and the proxy are child processes; their log lines are
+//! merged into the demo's, each with the component's name in front. Runs until Ctrl-C.
 #![forbid(unsafe_code)]
 
 mod app;
+mod map;
+mod output;
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::task::JoinHandle;
 
-/// The demo servers: route, address, loadfactor (the seed's four, moved to loopback).
+/// The demo servers: route, address, loadfactor (the classic setup's four BalancerMembers,
+/// moved to loopback).
 const SERVERS: [(&str, [u8; 4], u8); 4] = [
     ("www1", [127, 0, 0, 2], 60),
     ("www2", [127, 0, 0, 3], 60),
@@ -32,11 +40,38 @@ struct Args {
     /// First of five ports: proxy, proxy admin, agents, agent admins, apps.
     #[arg(long, default_value_t = 8080)]
     port_base: u16,
+    /// Write the demo's own route map even when the file holds an edited one (by default
+    /// an edited map is kept across restarts).
+    #[arg(long)]
+    reset_map: bool,
 }
 
+/// A process the demo started, with the name its log lines carry.
+struct Component {
+    name: String,
+    child: Child,
+}
+
+/// Errors end the demo with one message (context included, no backtrace: what went wrong
+/// is the user's to fix, not a bug) and exit status 1.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+async fn main() -> ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stickyroute-demo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    // The handlers come first: once they exist, Ctrl-C and SIGTERM stop the demo through
+    // `stop`, which takes its children down with it. Before, a signal's default action
+    // would end the demo alone and leave the proxy and agents running (in a terminal
+    // Ctrl-C reaches them too, but `kill` or a supervisor signals the demo only).
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
     let base = args.port_base;
     let (proxy_port, admin_port, agent_port, agent_admin_port, app_port) =
         (base, base + 1, base + 2, base + 3, base + 4);
@@ -62,13 +97,32 @@ async fn main() -> anyhow::Result<()> {
                 }),
             )
             .collect();
-    std::fs::write(&map, text).with_context(|| format!("write {}", map.display()))?;
+    let kept = match map::prepare(&map, &text, args.reset_map)? {
+        map::Prepared::Written | map::Prepared::Unchanged => false,
+        map::Prepared::Reset => {
+            output::say(&format!(
+                "--reset-map: wrote the demo's own route map over the edited one in {}",
+                map.display()
+            ));
+            false
+        }
+        map::Prepared::Kept { entries } => {
+            output::say(&format!(
+                "keeping the route map edited in an earlier run: {} ({entries} entries); \
+                 start with --reset-map to write the demo's own again",
+                map.display()
+            ));
+            true
+        }
+    };
 
     let mut children = Vec::new();
+    let mut copiers = Vec::new();
     for (route, ip, _) in SERVERS {
         let ip = IpAddr::from(ip);
         app::serve(route, SocketAddr::new(ip, app_port)).await?;
         children.push(spawn(
+            format!("agent {route}"),
             &bin.join("stickyroute-agent"),
             &[
                 format!("--listen={ip}:{agent_port}"),
@@ -78,9 +132,11 @@ async fn main() -> anyhow::Result<()> {
                 "--session-cookie=SESSION".to_owned(),
                 "--drain-delay=0s".to_owned(),
             ],
+            &mut copiers,
         )?);
     }
     children.push(spawn(
+        "proxy".to_owned(),
         &bin.join("stickyroute-proxy"),
         &[
             format!("--listen=127.0.0.1:{proxy_port}"),
@@ -93,38 +149,91 @@ async fn main() -> anyhow::Result<()> {
             "--agent-poll-interval=2s".to_owned(),
             "--drain-delay=0s".to_owned(),
         ],
+        &mut copiers,
     )?);
-    wait_ready(
-        &mut children,
-        SocketAddr::from(([127, 0, 0, 1], admin_port)),
-    )
-    .await?;
-    print_guide(proxy_port, admin_port, &map);
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let ready = tokio::select! {
+        ready = wait_ready(&mut children, admin) => ready.map(|()| true),
+        _ = interrupt.recv() => {
+            output::say("Ctrl-C during start-up: stopping the demo");
+            Ok(false)
+        }
+        _ = terminate.recv() => {
+            output::say("SIGTERM during start-up: stopping the demo");
+            Ok(false)
+        }
+    };
+    match ready {
+        Ok(true) => {}
+        Ok(false) => {
+            stop(&mut children, copiers).await;
+            return Ok(());
+        }
+        Err(e) => {
+            stop(&mut children, copiers).await;
+            if kept {
+                bail!(
+                    "{e:#}\nThe route map was kept from an earlier run: does it still have a \
+                     usable member? Start with --reset-map to write the demo's own map again."
+                );
+            }
+            return Err(e);
+        }
+    }
+    print_guide(proxy_port, admin_port, &map, kept);
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => eprintln!("\nstopping the demo"),
-        _ = term.recv() => eprintln!("stopping the demo"),
-        exited = wait_any(&mut children) => eprintln!("a demo process exited ({exited}); stopping the demo"),
+        _ = interrupt.recv() => output::say("Ctrl-C: stopping the demo"),
+        _ = terminate.recv() => output::say("SIGTERM: stopping the demo"),
+        exited = wait_any(&mut children) => output::say(&format!("{exited}; stopping the demo")),
     }
-    for child in &mut children {
-        let _ = child.kill().await;
-    }
+    stop(&mut children, copiers).await;
     Ok(())
 }
 
-fn spawn(program: &Path, args: &[String]) -> anyhow::Result<Child> {
-    Command::new(program)
+/// Starts `program` as the component `name`, its stdout and stderr copied to the demo's
+/// own, line by line with the name in front, by tasks added to `copiers`.
+fn spawn(
+    name: String,
+    program: &Path,
+    args: &[String],
+    copiers: &mut Vec<JoinHandle<()>>,
+) -> anyhow::Result<Component> {
+    let mut child = Command::new(program)
         .args(args)
         .env("STICKYROUTE_LOG", "info")
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("start {}", program.display()))
+        .with_context(|| format!("start {}", program.display()))?;
+    if let Some(stdout) = child.stdout.take() {
+        copiers.push(output::copy(name.clone(), output::Stream::Stdout, stdout));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        copiers.push(output::copy(name.clone(), output::Stream::Stderr, stderr));
+    }
+    Ok(Component { name, child })
+}
+
+/// Kills every component, then lets the copiers pass on what each wrote before it died (a
+/// copier ends when its pipe does, which a killed child closes; a second at most, so that a
+/// pipe some grandchild still held could not keep the demo from exiting).
+async fn stop(children: &mut [Component], copiers: Vec<JoinHandle<()>>) {
+    for component in children.iter_mut() {
+        let _ = component.child.kill().await;
+    }
+    let drained = async {
+        for copier in copiers {
+            let _ = copier.await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drained).await;
 }
 
 /// Waits until the proxy reports ready (map loaded, members usable).
-async fn wait_ready(children: &mut [Child], admin: SocketAddr) -> anyhow::Result<()> {
+async fn wait_ready(children: &mut [Component], admin: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(mut stream) = tokio::net::TcpStream::connect(admin).await {
@@ -136,10 +245,11 @@ async fn wait_ready(children: &mut [Child], admin: SocketAddr) -> anyhow::Result
                 return Ok(());
             }
         }
-        for child in children.iter_mut() {
-            if let Some(status) = child.try_wait()? {
+        for component in children.iter_mut() {
+            if let Some(status) = component.child.try_wait()? {
                 bail!(
-                    "a demo process exited during start-up ({status}); is another demo running on these ports?"
+                    "{} exited during start-up ({status}); is another demo running on these ports?",
+                    component.name
                 );
             }
         }
@@ -150,18 +260,26 @@ async fn wait_ready(children: &mut [Child], admin: SocketAddr) -> anyhow::Result
     }
 }
 
-async fn wait_any(children: &mut [Child]) -> String {
+/// Waits until some component exits, and says which and how.
+async fn wait_any(children: &mut [Component]) -> String {
     loop {
-        for child in children.iter_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.to_string();
+        for component in children.iter_mut() {
+            if let Ok(Some(status)) = component.child.try_wait() {
+                return format!("{} exited ({status})", component.name);
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-fn print_guide(proxy: u16, admin: u16, map: &Path) {
+/// The guide printed once everything is ready: what runs where, and what to try. On
+/// stdout, unprefixed, so that its commands can be copied as they are.
+fn print_guide(proxy: u16, admin: u16, map: &Path, kept: bool) {
+    let map_note = if kept {
+        "(kept from an earlier run, with your edits; --reset-map writes the demo's own)"
+    } else {
+        "(edit it while the demo runs)"
+    };
     println!(
         "
 stickyroute demo is running: four apps (www1, www2, www3 on 127.0.0.2-4 with loadfactor 60,
@@ -170,16 +288,18 @@ demo ready
 
   site:              http://127.0.0.1:{proxy}/     (log in to start a session; reload to see it stay)
   balancer-manager:  http://127.0.0.1:{admin}/balancer-manager
-  route map:         {map}
+  route map:         {map} {map_note}
 
 Try it with curl:
   curl -c jar -b jar http://127.0.0.1:{proxy}/login   # balanced; the answer sets SESSION and balanceid
   curl -c jar -b jar http://127.0.0.1:{proxy}/        # same backend, visit 2, 3, ...
-  for i in $(seq 20); do curl -s http://127.0.0.1:{proxy}/login; done | sort | uniq -c
+  # 200 new sessions (no cookie jar) by backend: 60 60 60 20 as the loadfactors (exactly
+  # on a fresh demo; sticky requests count too, so after other traffic it is close to that)
+  for i in $(seq 200); do curl -s http://127.0.0.1:{proxy}/login; done | cut -d: -f1 | sort | uniq -c
 
 Edit the route map while this runs (no restart): change a loadfactor, set status=drain on a
 backend, rename a route, or delete a line; watch the 'member table swapped' lines below.
-Ctrl-C stops everything.
+A restart keeps an edited map. Ctrl-C stops everything.
 ",
         map = map.display()
     );
