@@ -2,7 +2,7 @@
 //!
 //! The default key is the local address a connection arrived on, exactly Apache's
 //! `SERVER_ADDR`: agents whose command lines differ only in their listen and upstream
-//! addresses, sharing one map, each find their own route (the seed's "identical configs
+//! addresses, sharing one map, each find their own route (the classic setup's "identical configs
 //! managed centrally"). `--server-addr` (or `POD_IP`) replaces it. When the address is not in
 //! the map the name key is tried: `--server-name`, `POD_NAME`, then the host name, for maps
 //! keyed by StatefulSet pod names.

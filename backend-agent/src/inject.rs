@@ -35,7 +35,7 @@ impl Reason {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DomainMode {
-    /// The request's host without its port (the seed's `%{HTTP_HOST}`, minus the port that
+    /// The request's host without its port (the classic setup's `%{HTTP_HOST}`, minus the port that
     /// would make the cookie invalid).
     RequestHost,
     /// No Domain attribute: the browser sends the cookie back to this host only.

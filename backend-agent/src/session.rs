@@ -1,7 +1,7 @@
 //! Does this exchange belong to an app session? The cookie is only worth setting when it
-//! does: when the request carries the app's session cookie (the seed's `RewriteCond
+//! does: when the request carries the app's session cookie (the classic setup's `RewriteCond
 //! %{HTTP_COOKIE} (existing_session_cookie) [NC]`), or when the app's response creates it,
-//! which fixes the seed's gap where state set by the very first response could be lost.
+//! which fixes the classic setup's gap where state set by the very first response could be lost.
 
 use http::HeaderMap;
 use http::header::{COOKIE, SET_COOKIE};

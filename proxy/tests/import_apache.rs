@@ -1,4 +1,4 @@
-//! `stickyroute-proxy import-apache` on the seed write-up's exact configuration.
+//! `stickyroute-proxy import-apache` on the classic write-up's exact configuration.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;

@@ -20,7 +20,7 @@
 use crate::route::{RouteId, is_route_char};
 use std::fmt;
 
-/// The cookie name Apache's seed setup uses (`stickysession=balanceid`).
+/// The cookie name the classic Apache setup uses (`stickysession=balanceid`).
 pub const DEFAULT_COOKIE_NAME: &str = "balanceid";
 /// The part written before the route: `route.www1`.
 pub const DEFAULT_PREFIX: &str = "route";
