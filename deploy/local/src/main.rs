@@ -1,25 +1,25 @@
 //! `stickyroute-demo`: the classic Apache mod_proxy_balancer setup (four backends, www1 to
 //! www3 with loadfactor 60 and www0 with 20, a `balanceid=route.<id>` cookie set from a
-//! central route map) on loopback, in one command. Four demo apps on 127.0.0.2 … 127.0.0.5
-//! (in this process), each behind a real `stickyroute-agent` (the same arguments apart from
-//! listen and upstream), the real `stickyroute-proxy` in front, and a route map file that
-//! both follow live. The agents and the proxy are child processes; their log lines are
-//! merged into the demo's, each with the component's name in front. Runs until Ctrl-C.
+//! central route map) on loopback, in one command. Four demo apps on 127.0.0.2 … 127.0.0.5,
+//! each behind a stickyroute agent (the same arguments apart from listen and upstream), the
+//! stickyroute proxy in front, and a route map file that both follow live. All of them run
+//! in this process, the agents and the proxy through their libraries' `run` exactly as the
+//! binaries do; every log line has the component's name in front. Runs until Ctrl-C.
 #![forbid(unsafe_code)]
 
 mod app;
+mod component;
 mod map;
 mod output;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use component::{Component, Kind};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::task::JoinHandle;
 
 /// The demo servers: route, address, loadfactor (the classic setup's four BalancerMembers,
 /// moved to loopback).
@@ -46,12 +46,6 @@ struct Args {
     reset_map: bool,
 }
 
-/// A process the demo started, with the name its log lines carry.
-struct Component {
-    name: String,
-    child: Child,
-}
-
 /// Errors end the demo with one message (context included, no backtrace: what went wrong
 /// is the user's to fix, not a bug) and exit status 1.
 #[tokio::main]
@@ -67,26 +61,12 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     // The handlers come first: once they exist, Ctrl-C and SIGTERM stop the demo through
-    // `stop`, which takes its children down with it. Before, a signal's default action
-    // would end the demo alone and leave the proxy and agents running (in a terminal
-    // Ctrl-C reaches them too, but `kill` or a supervisor signals the demo only).
+    // `stop`, which shuts every component down before the demo exits.
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let base = args.port_base;
     let (proxy_port, admin_port, agent_port, agent_admin_port, app_port) =
         (base, base + 1, base + 2, base + 3, base + 4);
-    let bin = std::env::current_exe()?
-        .parent()
-        .context("binary directory")?
-        .to_owned();
-    for name in ["stickyroute-agent", "stickyroute-proxy"] {
-        if !bin.join(name).exists() {
-            bail!(
-                "{} is missing: build everything first with `cargo build --release`",
-                bin.join(name).display()
-            );
-        }
-    }
     std::fs::create_dir_all(&args.dir).with_context(|| format!("create {}", args.dir.display()))?;
     let map = std::fs::canonicalize(&args.dir)?.join("routemap");
     let text: String =
@@ -117,13 +97,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let mut children = Vec::new();
-    let mut copiers = Vec::new();
     for (route, ip, _) in SERVERS {
         let ip = IpAddr::from(ip);
         app::serve(route, SocketAddr::new(ip, app_port)).await?;
-        children.push(spawn(
-            format!("agent {route}"),
-            &bin.join("stickyroute-agent"),
+        children.push(Component::start(
+            Kind::Agent,
+            &format!("agent {route}"),
             &[
                 format!("--listen={ip}:{agent_port}"),
                 format!("--upstream={ip}:{app_port}"),
@@ -132,12 +111,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "--session-cookie=SESSION".to_owned(),
                 "--drain-delay=0s".to_owned(),
             ],
-            &mut copiers,
         )?);
     }
-    children.push(spawn(
-        "proxy".to_owned(),
-        &bin.join("stickyroute-proxy"),
+    children.push(Component::start(
+        Kind::Proxy,
+        "proxy",
         &[
             format!("--listen=127.0.0.1:{proxy_port}"),
             format!("--admin-listen=127.0.0.1:{admin_port}"),
@@ -149,11 +127,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "--agent-poll-interval=2s".to_owned(),
             "--drain-delay=0s".to_owned(),
         ],
-        &mut copiers,
     )?);
     let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
     let ready = tokio::select! {
-        ready = wait_ready(&mut children, admin) => ready.map(|()| true),
+        ready = wait_ready(&children, admin) => ready.map(|()| true),
         _ = interrupt.recv() => {
             output::say("Ctrl-C during start-up: stopping the demo");
             Ok(false)
@@ -166,11 +143,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     match ready {
         Ok(true) => {}
         Ok(false) => {
-            stop(&mut children, copiers).await;
+            stop(&mut children);
             return Ok(());
         }
         Err(e) => {
-            stop(&mut children, copiers).await;
+            stop(&mut children);
             if kept {
                 bail!(
                     "{e:#}\nThe route map was kept from an earlier run: does it still have a \
@@ -185,55 +162,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::select! {
         _ = interrupt.recv() => output::say("Ctrl-C: stopping the demo"),
         _ = terminate.recv() => output::say("SIGTERM: stopping the demo"),
-        exited = wait_any(&mut children) => output::say(&format!("{exited}; stopping the demo")),
+        exited = wait_any(&children) => output::say(&format!("{exited}; stopping the demo")),
     }
-    stop(&mut children, copiers).await;
+    stop(&mut children);
     Ok(())
 }
 
-/// Starts `program` as the component `name`, its stdout and stderr copied to the demo's
-/// own, line by line with the name in front, by tasks added to `copiers`.
-fn spawn(
-    name: String,
-    program: &Path,
-    args: &[String],
-    copiers: &mut Vec<JoinHandle<()>>,
-) -> anyhow::Result<Component> {
-    let mut child = Command::new(program)
-        .args(args)
-        .env("STICKYROUTE_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("start {}", program.display()))?;
-    if let Some(stdout) = child.stdout.take() {
-        copiers.push(output::copy(name.clone(), output::Stream::Stdout, stdout));
+/// Shuts every component down, the proxy first so that no request meets a stopped agent.
+fn stop(children: &mut [Component]) {
+    for component in children.iter_mut().rev() {
+        component.stop();
     }
-    if let Some(stderr) = child.stderr.take() {
-        copiers.push(output::copy(name.clone(), output::Stream::Stderr, stderr));
-    }
-    Ok(Component { name, child })
-}
-
-/// Kills every component, then lets the copiers pass on what each wrote before it died (a
-/// copier ends when its pipe does, which a killed child closes; a second at most, so that a
-/// pipe some grandchild still held could not keep the demo from exiting).
-async fn stop(children: &mut [Component], copiers: Vec<JoinHandle<()>>) {
-    for component in children.iter_mut() {
-        let _ = component.child.kill().await;
-    }
-    let drained = async {
-        for copier in copiers {
-            let _ = copier.await;
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), drained).await;
 }
 
 /// Waits until the proxy reports ready (map loaded, members usable).
-async fn wait_ready(children: &mut [Component], admin: SocketAddr) -> anyhow::Result<()> {
+async fn wait_ready(children: &[Component], admin: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(mut stream) = tokio::net::TcpStream::connect(admin).await {
@@ -245,13 +188,11 @@ async fn wait_ready(children: &mut [Component], admin: SocketAddr) -> anyhow::Re
                 return Ok(());
             }
         }
-        for component in children.iter_mut() {
-            if let Some(status) = component.child.try_wait()? {
-                bail!(
-                    "{} exited during start-up ({status}); is another demo running on these ports?",
-                    component.name
-                );
-            }
+        if let Some(component) = children.iter().find(|c| c.has_stopped()) {
+            bail!(
+                "{} stopped during start-up (its log says why)",
+                component.name
+            );
         }
         if Instant::now() > deadline {
             bail!("the proxy did not become ready within 20 s");
@@ -261,12 +202,10 @@ async fn wait_ready(children: &mut [Component], admin: SocketAddr) -> anyhow::Re
 }
 
 /// Waits until some component exits, and says which and how.
-async fn wait_any(children: &mut [Component]) -> String {
+async fn wait_any(children: &[Component]) -> String {
     loop {
-        for component in children.iter_mut() {
-            if let Ok(Some(status)) = component.child.try_wait() {
-                return format!("{} exited ({status})", component.name);
-            }
+        if let Some(component) = children.iter().find(|c| c.has_stopped()) {
+            return format!("{} stopped", component.name);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -283,7 +222,7 @@ fn print_guide(proxy: u16, admin: u16, map: &Path, kept: bool) {
     println!(
         "
 stickyroute demo is running: four apps (www1, www2, www3 on 127.0.0.2-4 with loadfactor 60,
-www0 on 127.0.0.5 with 20), each behind a stickyroute-agent, and stickyroute-proxy in front.
+www0 on 127.0.0.5 with 20), each behind a stickyroute agent, and the stickyroute proxy in front.
 demo ready
 
   site:              http://127.0.0.1:{proxy}/     (log in to start a session; reload to see it stay)

@@ -83,9 +83,13 @@ where
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        // The worker logs where its caller does: the process's logger, or the one of the
+        // component that started it when several run in one process (the demo).
+        let logger = tracing::dispatcher::get_default(Clone::clone);
         std::thread::Builder::new()
             .name(format!("worker-{index}"))
             .spawn(move || {
+                let _logging = tracing::dispatcher::set_default(&logger);
                 let drained = runtime.block_on(async move {
                     let handler = make(index);
                     let mut servers = Vec::new();
