@@ -61,8 +61,6 @@ pub struct AgentOptions {
     #[command(flatten)]
     pub instance: InstanceOptions,
     #[command(flatten)]
-    pub cookie: CookieOptions,
-    #[command(flatten)]
     pub workers: WorkerOptions,
     #[command(flatten)]
     pub log: LogOptions,
@@ -72,6 +70,10 @@ pub struct AgentOptions {
     pub client_limits: ClientLimitOptions,
     #[command(flatten)]
     pub shutdown: ShutdownOptions,
+    // The groups a reload applies, last: each one's help heading carries over to the
+    // groups after it.
+    #[command(flatten)]
+    pub cookie: CookieOptions,
 }
 
 /// Which entry of the map is this instance's.
@@ -390,6 +392,17 @@ mod tests {
         assert_eq!(settings.upstream.as_str(), "127.0.0.1:9000");
         assert_eq!(settings.listen.port(), AGENT_PORT);
         assert_eq!(settings.admin_listen.port(), 9901);
+    }
+
+    #[test]
+    fn only_the_cookie_settings_are_applied_on_reload_and_help_says_which() {
+        let live = stickyroute_relay::settings::keys_of::<CookieOptions>();
+        assert!(live.contains("cookie_name") && !live.contains("upstream"));
+        assert_eq!(
+            stickyroute_relay::settings::misheaded::<AgentOptions>(&live),
+            Vec::<String>::new(),
+            "every setting under an \"applied on reload\" heading, and only those, is reloaded"
+        );
     }
 
     #[test]

@@ -341,5 +341,10 @@ mod tests {
         let live = stickyroute_relay::settings::keys_of::<RoutingOptions>();
         assert!(live.contains("retry") && live.contains("stickysession"));
         assert!(!live.contains("listen") && !live.contains("workers"));
+        assert_eq!(
+            stickyroute_relay::settings::misheaded::<ProxyOptions>(&live),
+            Vec::<String>::new(),
+            "every setting under an \"applied on reload\" heading, and only those, is reloaded"
+        );
     }
 }

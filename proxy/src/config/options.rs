@@ -82,8 +82,6 @@ pub struct ProxyOptions {
     #[command(flatten)]
     pub members: MemberOptions,
     #[command(flatten)]
-    pub routing: RoutingOptions,
-    #[command(flatten)]
     pub health: HealthOptions,
     #[command(flatten)]
     pub workers: WorkerOptions,
@@ -99,6 +97,10 @@ pub struct ProxyOptions {
     pub log: LogOptions,
     #[command(flatten)]
     pub shutdown: ShutdownOptions,
+    // The groups a reload applies, last: each one's help heading carries over to the
+    // groups after it.
+    #[command(flatten)]
+    pub routing: RoutingOptions,
 }
 
 /// How map entries become member addresses.
