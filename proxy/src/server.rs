@@ -4,7 +4,7 @@
 
 use crate::admin::ProxyAdmin;
 use crate::balancer::{Addressing, Balancer, follow};
-use crate::config::{self, ProxyOptions, RoutingOptions, Settings};
+use crate::config::{self, ProxyOptions, Settings};
 use crate::handler::Proxy;
 use crate::health;
 use crate::manager::access::Access;
@@ -14,14 +14,14 @@ use crate::metrics::Metrics;
 use std::sync::Arc;
 use stickyroute_relay::map::{FollowedMap, start_map};
 use stickyroute_relay::process::lifecycle::{Controls, Lifecycle};
-use stickyroute_relay::process::workers;
+use stickyroute_relay::process::{logging, workers};
 use stickyroute_relay::serve::admission::{
     ADMIN_MAX_CONNECTIONS, Admission, fit_to_descriptors, raise_open_file_limit,
 };
 use stickyroute_relay::serve::listeners::Listeners;
 use stickyroute_relay::serve::serve;
 use stickyroute_relay::serve::stats::ServeStats;
-use stickyroute_relay::settings::{Changes, Layered, SettingsError, keys_of};
+use stickyroute_relay::settings::{Changes, Layered, SettingsError};
 use stickyroute_relay::upstream::forward::Upstreams;
 
 /// The variable holding balancer-manager tokens (`NAME:SECRET`, comma-separated): a secret,
@@ -145,9 +145,9 @@ pub async fn run(
         .await)
 }
 
-/// SIGHUP: the map is read again, and so is the configuration; the routing settings are
-/// applied at once, and any other change is logged as needing a restart. An invalid
-/// configuration changes nothing.
+/// SIGHUP: the map is read again, and so is the configuration; the routing settings and the
+/// log level are applied at once, and any other change is logged as needing a restart. An
+/// invalid configuration changes nothing.
 fn reload(running: &Settings, map: &FollowedMap, last_read: &mut Layered<ProxyOptions>) {
     tracing::info!(routemap = %running.routemap, "reload: reading the route map and the configuration again");
     map.reread();
@@ -158,12 +158,16 @@ fn reload(running: &Settings, map: &FollowedMap, last_read: &mut Layered<ProxyOp
             return;
         }
     };
-    let live = keys_of::<RoutingOptions>();
+    let live = config::reloadable();
     let changes = Changes {
         applied: Changes::between(last_read, &read.source, &live).applied,
         need_restart: Changes::between(&running.source, &read.source, &live).need_restart,
     };
     running.routing.store(read.routing.load_full());
+    // Before the report, so that it and every line after it are at the new level.
+    if let Err(error) = logging::set_filter(&read.log_level) {
+        tracing::warn!("reload: {error}");
+    }
     changes.log(&read.source);
     *last_read = read.source;
 }

@@ -7,7 +7,7 @@ mod options;
 
 pub use options::{
     Command, HealthOptions, LbMethod, ManagerOptions, MemberOptions, ProxyOptions, RoutingOptions,
-    UnknownRoute,
+    UnknownRoute, reloadable,
 };
 
 use crate::manager::access::{Cidr, Token, load_tokens};
@@ -19,8 +19,9 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::time::Duration;
 use stickyroute_relay::process::lifecycle::ShutdownTiming;
+use stickyroute_relay::process::logging::LogFilter;
 use stickyroute_relay::serve::ServerLimits;
-use stickyroute_relay::settings::shared::LogOptions;
+use stickyroute_relay::settings::shared::LogFormat;
 use stickyroute_relay::settings::{Layered, SettingsError, load};
 use stickyroute_relay::upstream::forward::UpstreamTimeouts;
 
@@ -73,7 +74,9 @@ pub struct Settings {
     pub admin_tokens: Vec<Token>,
     pub agent_admin_port: Option<u16>,
     pub agent_poll_interval: Duration,
-    pub log: LogOptions,
+    pub log_format: LogFormat,
+    /// Applied to the running logger by a reload.
+    pub log_level: LogFilter,
     pub shutdown: ShutdownTiming,
     /// What these settings were read from, so that a reload reads them again the same way.
     pub source: Layered<ProxyOptions>,
@@ -166,7 +169,8 @@ impl Settings {
             admin_tokens,
             agent_admin_port: manager.agent_admin_port,
             agent_poll_interval: manager.agent_poll_interval.get(),
-            log: options.log.clone(),
+            log_format: options.log_format.log_format,
+            log_level: options.log_level.filter(&layered)?,
             shutdown: options.shutdown.timing(),
             source: layered,
         })
@@ -309,6 +313,10 @@ mod tests {
         );
         assert!(error(&["--routemap", "/m", "--routemap-configmap", "ns/m"]).contains("not both"));
         assert!(error(&["--routemap-configmap", "routemap"]).contains("NAMESPACE/NAME"));
+        assert!(
+            error(&["--routemap", "/m", "--log-level", "info,relay=loud"])
+                .starts_with("--log-level: \"info,relay=loud\" is not a log filter")
+        );
         for bad in ["web.ns.svc", ".web..svc", ".web/ns"] {
             assert!(
                 error(&["--routemap", "/m", "--member-domain-suffix", bad])
@@ -337,9 +345,10 @@ mod tests {
     }
 
     #[test]
-    fn only_the_routing_settings_are_applied_on_reload() {
-        let live = stickyroute_relay::settings::keys_of::<RoutingOptions>();
+    fn the_routing_settings_and_the_log_level_are_applied_on_reload_and_help_says_which() {
+        let live = reloadable();
         assert!(live.contains("retry") && live.contains("stickysession"));
+        assert!(live.contains("log_level") && !live.contains("log_format"));
         assert!(!live.contains("listen") && !live.contains("workers"));
         assert_eq!(
             stickyroute_relay::settings::misheaded::<ProxyOptions>(&live),

@@ -3,18 +3,20 @@
 //! Its environment variable (`STICKYROUTE_` and the key in capitals) and its config-file key
 //! (the flag's name with `_` for `-`) follow from the flag, and the layering rule (defaults <
 //! config file < environment < flags) is [`stickyroute_relay::settings::load`]'s. Whether a
-//! reload can change a setting is which group it is in: [`RoutingOptions`] is applied on
-//! SIGHUP, everything else needs a restart.
+//! reload can change a setting is which group it is in: [`RoutingOptions`] and the log
+//! level ([`LogLevelOptions`]) are applied on SIGHUP (see [`reloadable`]), everything else
+//! needs a restart.
 
 use clap::{Args, Parser, ValueEnum};
 use serde::Serialize;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use stickyroute_relay::settings::Span;
 use stickyroute_relay::settings::shared::{
-    AGENT_PORT, AdminOptions, ClientLimitOptions, LogOptions, MapOptions, ShutdownOptions,
-    UpstreamOptions, WorkerOptions,
+    AGENT_PORT, AdminOptions, ClientLimitOptions, LogFormatOptions, LogLevelOptions, MapOptions,
+    ShutdownOptions, UpstreamOptions, WorkerOptions,
 };
+use stickyroute_relay::settings::{Span, keys_of};
 
 pub const LISTEN: &str = "0.0.0.0:8080";
 pub const ADMIN_LISTEN: &str = "127.0.0.1:9900";
@@ -56,7 +58,7 @@ pub enum UnknownRoute {
 /// Every option can also be set in the config file (`--config`; the key is the option's
 /// name with `_` for `-`) or in its environment variable; flags win over the environment,
 /// which wins over the file. SIGHUP re-reads the route map and the config file and applies
-/// the routing options; the others need a restart.
+/// the options under the headings marked "applied on reload"; the others need a restart.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "stickyroute-proxy",
@@ -94,13 +96,24 @@ pub struct ProxyOptions {
     #[command(flatten)]
     pub manager: ManagerOptions,
     #[command(flatten)]
-    pub log: LogOptions,
+    pub log_format: LogFormatOptions,
     #[command(flatten)]
     pub shutdown: ShutdownOptions,
     // The groups a reload applies, last: each one's help heading carries over to the
     // groups after it.
     #[command(flatten)]
     pub routing: RoutingOptions,
+    #[command(flatten)]
+    pub log_level: LogLevelOptions,
+}
+
+/// The config-file keys of the settings a reload applies: those of the groups whose
+/// values are read where they are used (every request, every log line) rather than built
+/// into what runs.
+pub fn reloadable() -> BTreeSet<String> {
+    let mut keys = keys_of::<RoutingOptions>();
+    keys.extend(keys_of::<LogLevelOptions>());
+    keys
 }
 
 /// How map entries become member addresses.
