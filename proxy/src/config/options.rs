@@ -3,9 +3,9 @@
 //! Its environment variable (`STICKYROUTE_` and the key in capitals) and its config-file key
 //! (the flag's name with `_` for `-`) follow from the flag, and the layering rule (defaults <
 //! config file < environment < flags) is [`stickyroute_relay::settings::load`]'s. Whether a
-//! reload can change a setting is which group it is in: [`RoutingOptions`] and the log
-//! level ([`LogLevelOptions`]) are applied on SIGHUP (see [`reloadable`]), everything else
-//! needs a restart.
+//! reload can change a setting is which group it is in: [`RoutingOptions`],
+//! [`AccessOptions`] and the log level ([`LogLevelOptions`]) are applied on SIGHUP (see
+//! [`reloadable`]), everything else needs a restart.
 
 use clap::{Args, Parser, ValueEnum};
 use serde::Serialize;
@@ -57,8 +57,9 @@ pub enum UnknownRoute {
 ///
 /// Every option can also be set in the config file (`--config`; the key is the option's
 /// name with `_` for `-`) or in its environment variable; flags win over the environment,
-/// which wins over the file. SIGHUP re-reads the route map and the config file and applies
-/// the options under the headings marked "applied on reload"; the others need a restart.
+/// which wins over the file. SIGHUP re-reads the route map, the config file and the token
+/// file and applies the options under the headings marked "applied on reload"; the others
+/// need a restart.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "stickyroute-proxy",
@@ -104,6 +105,8 @@ pub struct ProxyOptions {
     #[command(flatten)]
     pub routing: RoutingOptions,
     #[command(flatten)]
+    pub access: AccessOptions,
+    #[command(flatten)]
     pub log_level: LogLevelOptions,
 }
 
@@ -112,6 +115,7 @@ pub struct ProxyOptions {
 /// into what runs.
 pub fn reloadable() -> BTreeSet<String> {
     let mut keys = keys_of::<RoutingOptions>();
+    keys.extend(keys_of::<AccessOptions>());
     keys.extend(keys_of::<LogLevelOptions>());
     keys
 }
@@ -185,9 +189,12 @@ pub struct HealthOptions {
     pub health_fall: u32,
 }
 
-/// Who may use the balancer-manager, and what it shows of the agents.
+/// Who may use the balancer-manager: checked on every request to it, so a reload (SIGHUP)
+/// applies them, as `systemctl reload` applies Apache's `Require ip` or nginx's `allow`.
+/// The token file is read again on every reload too.
 #[derive(Debug, Clone, Args)]
-pub struct ManagerOptions {
+#[command(next_help_heading = "Balancer-manager access (applied on reload)")]
+pub struct AccessOptions {
     /// Who may use /balancer-manager: an address or CIDR block; repeatable. Default
     /// loopback only. (/healthz, /readyz, /metrics and /status are not restricted.)
     #[arg(long, value_delimiter = ',', value_name = "CIDR")]
@@ -203,6 +210,12 @@ pub struct ManagerOptions {
     /// balancer-manager request needs one. Never give a token on the command line.
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+}
+
+/// What the balancer-manager shows of the agents: the task that polls them is started
+/// once, so these need a restart.
+#[derive(Debug, Clone, Args)]
+pub struct ManagerOptions {
     /// The port of each member's agent admin listener: the balancer-manager then shows the
     /// map hash every agent runs, and marks those that differ from the proxy's.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..), value_name = "PORT")]
