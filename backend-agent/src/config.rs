@@ -1,8 +1,9 @@
 //! The agent's options, each declared once (here, or in the shared groups of
 //! [`stickyroute_relay::settings::shared`]), read under the same layering rule as the
 //! proxy's (defaults < config file < environment < flags), and validated into [`Settings`].
-//! Whether a reload can change a setting is which group it is in: [`CookieOptions`] is
-//! applied on SIGHUP, everything else needs a restart.
+//! Whether a reload can change a setting is which group it is in: [`CookieOptions`] and the
+//! log level ([`LogLevelOptions`]) are applied on SIGHUP (see [`reloadable`]), everything
+//! else needs a restart.
 
 use crate::identity::Identity;
 use crate::inject::{CookieAttributes, DomainMode, SameSite};
@@ -13,16 +14,18 @@ use http::uri::Authority;
 use routemap::cookie::{DEFAULT_COOKIE_NAME, DEFAULT_PREFIX, StickyCookie};
 use routemap::source::MapLocation;
 use routemap::{Key, RouteId};
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use stickyroute_relay::process::lifecycle::ShutdownTiming;
+use stickyroute_relay::process::logging::LogFilter;
 use stickyroute_relay::serve::ServerLimits;
 use stickyroute_relay::settings::shared::{
-    AGENT_PORT, AdminOptions, ClientLimitOptions, LogOptions, MapOptions, ShutdownOptions,
-    UpstreamOptions, WorkerOptions,
+    AGENT_PORT, AdminOptions, ClientLimitOptions, LogFormat, LogFormatOptions, LogLevelOptions,
+    MapOptions, ShutdownOptions, UpstreamOptions, WorkerOptions,
 };
-use stickyroute_relay::settings::{Layered, SettingsError, load};
+use stickyroute_relay::settings::{Layered, SettingsError, keys_of, load};
 use stickyroute_relay::upstream::forward::UpstreamTimeouts;
 
 pub const LISTEN: SocketAddr =
@@ -39,7 +42,7 @@ const OWN_DEFAULTS: [(&str, &str); 1] = [("admin_listen", ADMIN_LISTEN)];
 /// Every option can also be set in the config file (`--config`; the key is the option's
 /// name with `_` for `-`) or in its environment variable; flags win over the environment,
 /// which wins over the file. SIGHUP re-reads the route map and the config file and applies
-/// the cookie options; the others need a restart.
+/// the options under the headings marked "applied on reload"; the others need a restart.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "stickyroute-agent", version)]
 pub struct AgentOptions {
@@ -61,17 +64,30 @@ pub struct AgentOptions {
     #[command(flatten)]
     pub instance: InstanceOptions,
     #[command(flatten)]
-    pub cookie: CookieOptions,
-    #[command(flatten)]
     pub workers: WorkerOptions,
     #[command(flatten)]
-    pub log: LogOptions,
+    pub log_format: LogFormatOptions,
     #[command(flatten)]
     pub upstream_limits: UpstreamOptions,
     #[command(flatten)]
     pub client_limits: ClientLimitOptions,
     #[command(flatten)]
     pub shutdown: ShutdownOptions,
+    // The groups a reload applies, last: each one's help heading carries over to the
+    // groups after it.
+    #[command(flatten)]
+    pub cookie: CookieOptions,
+    #[command(flatten)]
+    pub log_level: LogLevelOptions,
+}
+
+/// The config-file keys of the settings a reload applies: those of the groups whose
+/// values are read where they are used (every response, every log line) rather than built
+/// into what runs.
+pub fn reloadable() -> BTreeSet<String> {
+    let mut keys = keys_of::<CookieOptions>();
+    keys.extend(keys_of::<LogLevelOptions>());
+    keys
 }
 
 /// Which entry of the map is this instance's.
@@ -162,7 +178,9 @@ pub struct Settings {
     pub timeouts: UpstreamTimeouts,
     pub limits: ServerLimits,
     pub max_connections: Option<usize>,
-    pub log: LogOptions,
+    pub log_format: LogFormat,
+    /// Applied to the running logger by a reload.
+    pub log_level: LogFilter,
     pub shutdown: ShutdownTiming,
     /// What these settings were read from, so that a reload reads them again the same way.
     pub source: Layered<AgentOptions>,
@@ -210,7 +228,8 @@ impl Settings {
             timeouts: upstream_limits.timeouts(),
             limits: options.client_limits.limits(upstream_limits.idle_timeout),
             max_connections: options.client_limits.max_connections(),
-            log: options.log.clone(),
+            log_format: options.log_format.log_format,
+            log_level: options.log_level.filter(&layered)?,
             shutdown: options.shutdown.timing(),
             source: layered,
         })
@@ -390,6 +409,19 @@ mod tests {
         assert_eq!(settings.upstream.as_str(), "127.0.0.1:9000");
         assert_eq!(settings.listen.port(), AGENT_PORT);
         assert_eq!(settings.admin_listen.port(), 9901);
+    }
+
+    #[test]
+    fn the_cookie_settings_and_the_log_level_are_applied_on_reload_and_help_says_which() {
+        let live = reloadable();
+        assert!(live.contains("cookie_name") && live.contains("log_level"));
+        assert!(!live.contains("log_format") && !live.contains("upstream"));
+        assert_eq!(
+            stickyroute_relay::settings::misheaded::<AgentOptions>(&live),
+            Vec::<String>::new(),
+            "every setting under an \"applied on reload\" heading, and only those, is reloaded"
+        );
+        assert!(error(&["--track-all", "--log-level", "debug,x=loud"]).starts_with("--log-level"));
     }
 
     #[test]

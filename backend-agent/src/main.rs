@@ -19,7 +19,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Err(error) = stickyroute_relay::process::logging::init(&settings.log) {
+    if let Err(error) =
+        stickyroute_relay::process::logging::init(&settings.log_level, settings.log_format)
+    {
         eprintln!("stickyroute-agent: {error}");
         return ExitCode::from(EXIT_CONFIG);
     }

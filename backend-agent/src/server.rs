@@ -3,20 +3,20 @@
 //! binds and calls it; tests, the demo and the benchmarks call it in-process the same way.
 
 use crate::admin::AgentAdmin;
-use crate::config::{AgentOptions, CookieOptions, Settings, host_name};
+use crate::config::{self, AgentOptions, Settings, host_name};
 use crate::handler::{Agent, AgentShared};
 use crate::metrics::Metrics;
 use std::sync::Arc;
 use stickyroute_relay::map::{FollowedMap, start_map};
 use stickyroute_relay::process::lifecycle::{Controls, Lifecycle};
-use stickyroute_relay::process::workers;
+use stickyroute_relay::process::{logging, workers};
 use stickyroute_relay::serve::admission::{
     ADMIN_MAX_CONNECTIONS, Admission, fit_to_descriptors, raise_open_file_limit,
 };
 use stickyroute_relay::serve::listeners::Listeners;
 use stickyroute_relay::serve::serve;
 use stickyroute_relay::serve::stats::ServeStats;
-use stickyroute_relay::settings::{Changes, Layered, keys_of};
+use stickyroute_relay::settings::{Changes, Layered};
 use stickyroute_relay::upstream::forward::Upstreams;
 
 /// Serves until a shutdown control, then drains. Returns whether everything finished
@@ -93,9 +93,9 @@ pub async fn run(
         .await)
 }
 
-/// SIGHUP: the map is read again, and so is the configuration; the cookie settings are
-/// applied at once, and any other change is logged as needing a restart. An invalid
-/// configuration changes nothing.
+/// SIGHUP: the map is read again, and so is the configuration; the cookie settings and the
+/// log level are applied at once, and any other change is logged as needing a restart. An
+/// invalid configuration changes nothing.
 fn reload(running: &Settings, map: &FollowedMap, last_read: &mut Layered<AgentOptions>) {
     tracing::info!(routemap = %running.routemap, "reload: reading the route map and the configuration again");
     map.reread();
@@ -106,12 +106,16 @@ fn reload(running: &Settings, map: &FollowedMap, last_read: &mut Layered<AgentOp
             return;
         }
     };
-    let live = keys_of::<CookieOptions>();
+    let live = config::reloadable();
     let changes = Changes {
         applied: Changes::between(last_read, &read.source, &live).applied,
         need_restart: Changes::between(&running.source, &read.source, &live).need_restart,
     };
     running.policy.store(read.policy.load_full());
+    // Before the report, so that it and every line after it are at the new level.
+    if let Err(error) = logging::set_filter(&read.log_level) {
+        tracing::warn!("reload: {error}");
+    }
     changes.log(&read.source);
     *last_read = read.source;
 }

@@ -22,8 +22,9 @@ pub struct ProxyAdmin {
     pub live: Live,
     pub metrics: Arc<Metrics>,
     pub lifecycle: Arc<Lifecycle>,
-    pub access: crate::manager::access::Access,
-    pub hosts: crate::manager::hosts::AllowedHosts,
+    /// The balancer-manager's nonce: here, not in the settings, so a reload keeps it (who
+    /// may use the balancer-manager is `settings.access`, which a reload replaces).
+    pub nonce: crate::manager::access::Nonce,
     /// The admin listener's and the traffic listeners' connection counters.
     pub admin_stats: Arc<ServeStats>,
     pub traffic_stats: Arc<ServeStats>,

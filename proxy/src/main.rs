@@ -28,7 +28,9 @@ fn main() -> ExitCode {
     if check_only {
         return check::run(&settings);
     }
-    if let Err(error) = stickyroute_relay::process::logging::init(&settings.log) {
+    if let Err(error) =
+        stickyroute_relay::process::logging::init(&settings.log_level, settings.log_format)
+    {
         eprintln!("stickyroute-proxy: {error}");
         return ExitCode::from(EXIT_CONFIG);
     }

@@ -4,24 +4,23 @@
 
 use crate::admin::ProxyAdmin;
 use crate::balancer::{Addressing, Balancer, follow};
-use crate::config::{self, ProxyOptions, RoutingOptions, Settings};
+use crate::config::{self, ProxyOptions, Settings};
 use crate::handler::Proxy;
 use crate::health;
-use crate::manager::access::Access;
+use crate::manager::access::Nonce;
 use crate::manager::agents;
-use crate::manager::hosts::AllowedHosts;
 use crate::metrics::Metrics;
 use std::sync::Arc;
 use stickyroute_relay::map::{FollowedMap, start_map};
 use stickyroute_relay::process::lifecycle::{Controls, Lifecycle};
-use stickyroute_relay::process::workers;
+use stickyroute_relay::process::{logging, workers};
 use stickyroute_relay::serve::admission::{
     ADMIN_MAX_CONNECTIONS, Admission, fit_to_descriptors, raise_open_file_limit,
 };
 use stickyroute_relay::serve::listeners::Listeners;
 use stickyroute_relay::serve::serve;
 use stickyroute_relay::serve::stats::ServeStats;
-use stickyroute_relay::settings::{Changes, Layered, SettingsError, keys_of};
+use stickyroute_relay::settings::{Changes, Layered, SettingsError};
 use stickyroute_relay::upstream::forward::Upstreams;
 
 /// The variable holding balancer-manager tokens (`NAME:SECRET`, comma-separated): a secret,
@@ -101,8 +100,7 @@ pub async fn run(
         live: map.live.clone(),
         metrics: metrics.clone(),
         lifecycle: lifecycle.clone(),
-        access: Access::new(settings.admin_allow.clone(), settings.admin_tokens.clone()),
-        hosts: AllowedHosts::new(settings.admin_hosts.clone()),
+        nonce: Nonce::random(),
         admin_stats: admin_stats.clone(),
         traffic_stats: traffic_stats.clone(),
     };
@@ -145,25 +143,42 @@ pub async fn run(
         .await)
 }
 
-/// SIGHUP: the map is read again, and so is the configuration; the routing settings are
-/// applied at once, and any other change is logged as needing a restart. An invalid
-/// configuration changes nothing.
+/// SIGHUP: the map is read again, and so are the configuration and the token file; the
+/// routing, balancer-manager access and log level settings are applied at once, and any
+/// other change is logged as needing a restart. An invalid configuration changes nothing.
 fn reload(running: &Settings, map: &FollowedMap, last_read: &mut Layered<ProxyOptions>) {
     tracing::info!(routemap = %running.routemap, "reload: reading the route map and the configuration again");
     map.reread();
-    let read = match settings(&running.source.argv) {
+    // The token variable as the process was given it (see `TokenVariable`).
+    let read = match config::read(&running.source.argv)
+        .and_then(|layered| Settings::with_token(layered, running.admin_token.clone()))
+    {
         Ok(read) => read,
         Err(error) => {
             tracing::error!("reload: invalid configuration, nothing changed: {error}");
             return;
         }
     };
-    let live = keys_of::<RoutingOptions>();
-    let changes = Changes {
+    let live = config::reloadable();
+    let mut changes = Changes {
         applied: Changes::between(last_read, &read.source, &live).applied,
         need_restart: Changes::between(&running.source, &read.source, &live).need_restart,
     };
+    let access = read.access.load_full();
+    let token_file = "admin_token_file".to_owned();
+    if !running.access.load().access.same_tokens(&access.access)
+        && !changes.applied.contains(&token_file)
+    {
+        // The same file, with other tokens in it.
+        changes.applied.push(token_file);
+        changes.applied.sort();
+    }
     running.routing.store(read.routing.load_full());
+    running.access.store(access);
+    // Before the report, so that it and every line after it are at the new level.
+    if let Err(error) = logging::set_filter(&read.log_level) {
+        tracing::warn!("reload: {error}");
+    }
     changes.log(&read.source);
     *last_read = read.source;
 }

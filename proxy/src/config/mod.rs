@@ -6,11 +6,12 @@ pub mod check;
 mod options;
 
 pub use options::{
-    Command, HealthOptions, LbMethod, ManagerOptions, MemberOptions, ProxyOptions, RoutingOptions,
-    UnknownRoute,
+    AccessOptions, Command, HealthOptions, LbMethod, ManagerOptions, MemberOptions, ProxyOptions,
+    RoutingOptions, UnknownRoute, reloadable,
 };
 
-use crate::manager::access::{Cidr, Token, load_tokens};
+use crate::manager::access::{Access, Cidr, TokenVariable, load_tokens};
+use crate::manager::hosts::AllowedHosts;
 use crate::sticky::StickySpec;
 use arc_swap::ArcSwap;
 use http::StatusCode;
@@ -19,8 +20,9 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::time::Duration;
 use stickyroute_relay::process::lifecycle::ShutdownTiming;
+use stickyroute_relay::process::logging::LogFilter;
 use stickyroute_relay::serve::ServerLimits;
-use stickyroute_relay::settings::shared::LogOptions;
+use stickyroute_relay::settings::shared::LogFormat;
 use stickyroute_relay::settings::{Layered, SettingsError, load};
 use stickyroute_relay::upstream::forward::UpstreamTimeouts;
 
@@ -48,6 +50,15 @@ pub struct Routing {
     pub failonstatus: Vec<StatusCode>,
 }
 
+/// Who may use the balancer-manager, validated: what a reload may replace. The page's
+/// nonce is not in here: it is the process's, and outlives every reload.
+#[derive(Debug)]
+pub struct ManagerAccess {
+    pub access: Access,
+    /// Names the balancer-manager answers to, besides its address, localhost and loopback.
+    pub hosts: AllowedHosts,
+}
+
 /// Everything the proxy runs with, validated.
 #[derive(Debug)]
 pub struct Settings {
@@ -64,16 +75,18 @@ pub struct Settings {
     pub upstream: UpstreamTimeouts,
     pub limits: ServerLimits,
     pub admin_listen: SocketAddr,
-    pub admin_allow: Vec<Cidr>,
-    /// Names the balancer-manager answers to, besides its address, localhost and loopback.
-    pub admin_hosts: Vec<String>,
+    /// Replaced whole by a reload; read for every balancer-manager request.
+    pub access: ArcSwap<ManagerAccess>,
+    /// The `STICKYROUTE_ADMIN_TOKEN` value these settings were given, for a reload.
+    pub admin_token: TokenVariable,
     /// Client connections the traffic listeners hold at once, as configured (`None`: the
     /// default); fitted to the open file limit at start.
     pub max_connections: Option<usize>,
-    pub admin_tokens: Vec<Token>,
     pub agent_admin_port: Option<u16>,
     pub agent_poll_interval: Duration,
-    pub log: LogOptions,
+    pub log_format: LogFormat,
+    /// Applied to the running logger by a reload.
+    pub log_level: LogFilter,
     pub shutdown: ShutdownTiming,
     /// What these settings were read from, so that a reload reads them again the same way.
     pub source: Layered<ProxyOptions>,
@@ -92,33 +105,18 @@ impl Settings {
         layered: Layered<ProxyOptions>,
         env_token: Option<String>,
     ) -> Result<Settings, SettingsError> {
+        Settings::with_token(layered, TokenVariable::new(env_token))
+    }
+
+    /// As [`Settings::new`], with the token variable as a running proxy keeps it: what a
+    /// reload validates with.
+    pub fn with_token(
+        layered: Layered<ProxyOptions>,
+        admin_token: TokenVariable,
+    ) -> Result<Settings, SettingsError> {
         let options = &layered.options;
         let bad = |key: &str, message: String| layered.invalid(key, message);
-        let manager = &options.manager;
-        let admin_allow = if manager.admin_allow.is_empty() {
-            Cidr::loopback()
-        } else {
-            manager
-                .admin_allow
-                .iter()
-                .map(|c| c.parse())
-                .collect::<Result<Vec<Cidr>, String>>()
-                .map_err(|e| bad("admin_allow", e))?
-        };
-        let admin_hosts = manager
-            .admin_host
-            .iter()
-            .map(|name| {
-                crate::manager::hosts::normalize(name).ok_or_else(|| {
-                    bad(
-                        "admin_host",
-                        format!("{name:?} is not a host name or address"),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let admin_tokens = load_tokens(manager.admin_token_file.as_deref(), env_token)
-            .map_err(|e| bad("admin_token_file", e))?;
+        let access = ManagerAccess::new(&layered, &admin_token)?;
         let routemap = options.map.location(&layered)?;
         let member_domain_suffix = options
             .members
@@ -161,14 +159,52 @@ impl Settings {
             limits: options.limits.limits(options.upstream.idle_timeout),
             max_connections: options.limits.max_connections(),
             admin_listen: options.admin.admin_listen,
-            admin_allow,
-            admin_hosts,
-            admin_tokens,
-            agent_admin_port: manager.agent_admin_port,
-            agent_poll_interval: manager.agent_poll_interval.get(),
-            log: options.log.clone(),
+            access: ArcSwap::from_pointee(access),
+            admin_token,
+            agent_admin_port: options.manager.agent_admin_port,
+            agent_poll_interval: options.manager.agent_poll_interval.get(),
+            log_format: options.log_format.log_format,
+            log_level: options.log_level.filter(&layered)?,
             shutdown: options.shutdown.timing(),
             source: layered,
+        })
+    }
+}
+
+impl ManagerAccess {
+    fn new(
+        layered: &Layered<ProxyOptions>,
+        env_token: &TokenVariable,
+    ) -> Result<ManagerAccess, SettingsError> {
+        let options = &layered.options.access;
+        let bad = |key: &str, message: String| layered.invalid(key, message);
+        let allow = if options.admin_allow.is_empty() {
+            Cidr::loopback()
+        } else {
+            options
+                .admin_allow
+                .iter()
+                .map(|c| c.parse())
+                .collect::<Result<Vec<Cidr>, String>>()
+                .map_err(|e| bad("admin_allow", e))?
+        };
+        let hosts = options
+            .admin_host
+            .iter()
+            .map(|name| {
+                crate::manager::hosts::normalize(name).ok_or_else(|| {
+                    bad(
+                        "admin_host",
+                        format!("{name:?} is not a host name or address"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let tokens = load_tokens(options.admin_token_file.as_deref(), env_token)
+            .map_err(|e| bad("admin_token_file", e))?;
+        Ok(ManagerAccess {
+            access: Access::new(allow, tokens),
+            hosts: AllowedHosts::new(hosts),
         })
     }
 }
@@ -309,6 +345,10 @@ mod tests {
         );
         assert!(error(&["--routemap", "/m", "--routemap-configmap", "ns/m"]).contains("not both"));
         assert!(error(&["--routemap-configmap", "routemap"]).contains("NAMESPACE/NAME"));
+        assert!(
+            error(&["--routemap", "/m", "--log-level", "info,relay=loud"])
+                .starts_with("--log-level: \"info,relay=loud\" is not a log filter")
+        );
         for bad in ["web.ns.svc", ".web..svc", ".web/ns"] {
             assert!(
                 error(&["--routemap", "/m", "--member-domain-suffix", bad])
@@ -337,9 +377,81 @@ mod tests {
     }
 
     #[test]
-    fn only_the_routing_settings_are_applied_on_reload() {
-        let live = stickyroute_relay::settings::keys_of::<RoutingOptions>();
-        assert!(live.contains("retry") && live.contains("stickysession"));
-        assert!(!live.contains("listen") && !live.contains("workers"));
+    fn routing_access_and_the_log_level_are_applied_on_reload_and_help_says_which() {
+        let live = reloadable();
+        for key in [
+            "retry",
+            "stickysession",
+            "admin_allow",
+            "admin_host",
+            "admin_token_file",
+            "log_level",
+        ] {
+            assert!(live.contains(key), "{key}");
+        }
+        for key in [
+            "listen",
+            "workers",
+            "log_format",
+            "agent_admin_port",
+            "agent_poll_interval",
+            "health_path",
+        ] {
+            assert!(!live.contains(key), "{key}");
+        }
+        assert_eq!(
+            stickyroute_relay::settings::misheaded::<ProxyOptions>(&live),
+            Vec::<String>::new(),
+            "every setting under an \"applied on reload\" heading, and only those, is reloaded"
+        );
+    }
+
+    #[test]
+    fn the_access_settings_are_validated_with_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, "ops:correct-horse-battery-staple\n").unwrap();
+        let s = settings(&[
+            "--routemap",
+            "/m",
+            "--admin-allow",
+            "10.8.2.0/24",
+            "--admin-host",
+            "Admin.Shop.svc",
+            "--admin-token-file",
+            tokens.to_str().unwrap(),
+        ])
+        .unwrap();
+        let current = s.access.load();
+        let local = "127.0.0.1".parse().unwrap();
+        assert!(current.hosts.allows(
+            Some(&http::HeaderValue::from_static("admin.shop.svc")),
+            local
+        ));
+        let headers = http::HeaderMap::new();
+        assert_eq!(
+            current
+                .access
+                .check("10.8.2.7".parse().unwrap(), &headers)
+                .unwrap_err(),
+            crate::manager::access::Denied::Token,
+            "allowed by address, and then a token is needed"
+        );
+        std::fs::remove_file(&tokens).unwrap();
+        let error = settings(&[
+            "--routemap",
+            "/m",
+            "--admin-token-file",
+            tokens.to_str().unwrap(),
+        ])
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(error.starts_with("--admin-token-file"), "{error}");
+        let error = settings(&["--routemap", "/m", "--admin-host", "bad_name"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.starts_with("--admin-host"), "{error}");
     }
 }

@@ -3,18 +3,20 @@
 //! Its environment variable (`STICKYROUTE_` and the key in capitals) and its config-file key
 //! (the flag's name with `_` for `-`) follow from the flag, and the layering rule (defaults <
 //! config file < environment < flags) is [`stickyroute_relay::settings::load`]'s. Whether a
-//! reload can change a setting is which group it is in: [`RoutingOptions`] is applied on
-//! SIGHUP, everything else needs a restart.
+//! reload can change a setting is which group it is in: [`RoutingOptions`],
+//! [`AccessOptions`] and the log level ([`LogLevelOptions`]) are applied on SIGHUP (see
+//! [`reloadable`]), everything else needs a restart.
 
 use clap::{Args, Parser, ValueEnum};
 use serde::Serialize;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use stickyroute_relay::settings::Span;
 use stickyroute_relay::settings::shared::{
-    AGENT_PORT, AdminOptions, ClientLimitOptions, LogOptions, MapOptions, ShutdownOptions,
-    UpstreamOptions, WorkerOptions,
+    AGENT_PORT, AdminOptions, ClientLimitOptions, LogFormatOptions, LogLevelOptions, MapOptions,
+    ShutdownOptions, UpstreamOptions, WorkerOptions,
 };
+use stickyroute_relay::settings::{Span, keys_of};
 
 pub const LISTEN: &str = "0.0.0.0:8080";
 pub const ADMIN_LISTEN: &str = "127.0.0.1:9900";
@@ -55,8 +57,9 @@ pub enum UnknownRoute {
 ///
 /// Every option can also be set in the config file (`--config`; the key is the option's
 /// name with `_` for `-`) or in its environment variable; flags win over the environment,
-/// which wins over the file. SIGHUP re-reads the route map and the config file and applies
-/// the routing options; the others need a restart.
+/// which wins over the file. SIGHUP re-reads the route map, the config file and the token
+/// file and applies the options under the headings marked "applied on reload"; the others
+/// need a restart.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "stickyroute-proxy",
@@ -82,8 +85,6 @@ pub struct ProxyOptions {
     #[command(flatten)]
     pub members: MemberOptions,
     #[command(flatten)]
-    pub routing: RoutingOptions,
-    #[command(flatten)]
     pub health: HealthOptions,
     #[command(flatten)]
     pub workers: WorkerOptions,
@@ -96,9 +97,27 @@ pub struct ProxyOptions {
     #[command(flatten)]
     pub manager: ManagerOptions,
     #[command(flatten)]
-    pub log: LogOptions,
+    pub log_format: LogFormatOptions,
     #[command(flatten)]
     pub shutdown: ShutdownOptions,
+    // The groups a reload applies, last: each one's help heading carries over to the
+    // groups after it.
+    #[command(flatten)]
+    pub routing: RoutingOptions,
+    #[command(flatten)]
+    pub access: AccessOptions,
+    #[command(flatten)]
+    pub log_level: LogLevelOptions,
+}
+
+/// The config-file keys of the settings a reload applies: those of the groups whose
+/// values are read where they are used (every request, every log line) rather than built
+/// into what runs.
+pub fn reloadable() -> BTreeSet<String> {
+    let mut keys = keys_of::<RoutingOptions>();
+    keys.extend(keys_of::<AccessOptions>());
+    keys.extend(keys_of::<LogLevelOptions>());
+    keys
 }
 
 /// How map entries become member addresses.
@@ -170,9 +189,12 @@ pub struct HealthOptions {
     pub health_fall: u32,
 }
 
-/// Who may use the balancer-manager, and what it shows of the agents.
+/// Who may use the balancer-manager: checked on every request to it, so a reload (SIGHUP)
+/// applies them, as `systemctl reload` applies Apache's `Require ip` or nginx's `allow`.
+/// The token file is read again on every reload too.
 #[derive(Debug, Clone, Args)]
-pub struct ManagerOptions {
+#[command(next_help_heading = "Balancer-manager access (applied on reload)")]
+pub struct AccessOptions {
     /// Who may use /balancer-manager: an address or CIDR block; repeatable. Default
     /// loopback only. (/healthz, /readyz, /metrics and /status are not restricted.)
     #[arg(long, value_delimiter = ',', value_name = "CIDR")]
@@ -188,6 +210,12 @@ pub struct ManagerOptions {
     /// balancer-manager request needs one. Never give a token on the command line.
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+}
+
+/// What the balancer-manager shows of the agents: the task that polls them is started
+/// once, so these need a restart.
+#[derive(Debug, Clone, Args)]
+pub struct ManagerOptions {
     /// The port of each member's agent admin listener: the balancer-manager then shows the
     /// map hash every agent runs, and marks those that differ from the proxy's.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..), value_name = "PORT")]

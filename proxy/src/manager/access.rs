@@ -1,6 +1,8 @@
 //! Who may use the balancer-manager: a CIDR allow-list (like Apache's
 //! `Allow from 10.8.2.`), optional named tokens, and a per-process nonce that every state
-//! change must carry, so a cross-site form cannot change the balancer.
+//! change must carry, so a cross-site form cannot change the balancer. The allow-list and
+//! the tokens are settings, replaced by a reload; the nonce is not, so the pages open
+//! when the access rules change keep working.
 
 use base64::Engine;
 use http::HeaderMap;
@@ -90,10 +92,38 @@ impl fmt::Debug for Token {
     }
 }
 
+impl Token {
+    /// Whether two tokens are the same name and secret (for telling a reload what changed).
+    fn same_as(&self, other: &Token) -> bool {
+        self.name == other.name && same(self.secret.as_bytes(), other.secret.as_bytes())
+    }
+}
+
+/// The `STICKYROUTE_ADMIN_TOKEN` value the process was given at start, kept for reloads.
+/// Nothing outside a running process can change its environment, so reading the variable
+/// again would find this same value; keeping it means a server that was handed the value
+/// (run in-process by tests or the demo, with no variable of its own) reloads with its
+/// token too, as a process does, instead of silently dropping it.
+#[derive(Clone, Default)]
+pub struct TokenVariable(Option<String>);
+
+impl TokenVariable {
+    pub fn new(value: Option<String>) -> Self {
+        Self(value)
+    }
+}
+
+impl fmt::Debug for TokenVariable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = if self.0.is_some() { "set" } else { "unset" };
+        write!(f, "TokenVariable({set})")
+    }
+}
+
 /// Reads tokens from a file (one `NAME:SECRET` per line, `#` comments; a line without `:`
 /// is a secret named `token`) and from the `STICKYROUTE_ADMIN_TOKEN` value (named `env`).
 /// Never from the command line, where every user of the machine could read them.
-pub fn load_tokens(file: Option<&Path>, env: Option<String>) -> Result<Vec<Token>, String> {
+pub fn load_tokens(file: Option<&Path>, env: &TokenVariable) -> Result<Vec<Token>, String> {
     let mut tokens = Vec::new();
     if let Some(path) = file {
         let text = std::fs::read_to_string(path)
@@ -117,7 +147,7 @@ pub fn load_tokens(file: Option<&Path>, env: Option<String>) -> Result<Vec<Token
             });
         }
     }
-    if let Some(secret) = env.filter(|s| !s.trim().is_empty()) {
+    if let Some(secret) = env.0.as_deref().filter(|s| !s.trim().is_empty()) {
         if secret.trim().len() < 16 {
             return Err("STICKYROUTE_ADMIN_TOKEN must be at least 16 characters".to_owned());
         }
@@ -154,24 +184,27 @@ pub enum Denied {
     Token,
 }
 
+/// The allow-list and the tokens, as validated from the settings.
 #[derive(Debug)]
 pub struct Access {
     allow: Vec<Cidr>,
     tokens: Vec<Token>,
-    nonce: String,
 }
 
 impl Access {
     pub fn new(allow: Vec<Cidr>, tokens: Vec<Token>) -> Self {
-        Self {
-            allow,
-            tokens,
-            nonce: random_hex(16),
-        }
+        Self { allow, tokens }
     }
 
-    pub fn nonce(&self) -> &str {
-        &self.nonce
+    /// Whether `other` holds the same tokens: a reload reports a token file whose contents
+    /// changed although its path did not.
+    pub fn same_tokens(&self, other: &Access) -> bool {
+        self.tokens.len() == other.tokens.len()
+            && self
+                .tokens
+                .iter()
+                .zip(&other.tokens)
+                .all(|(a, b)| a.same_as(b))
     }
 
     /// Checks the address, then (if any are configured) the token: `Authorization: Bearer
@@ -203,10 +236,26 @@ impl Access {
             None => Err(Denied::Token),
         }
     }
+}
 
-    /// Whether a state change carries this process's nonce.
-    pub fn nonce_ok(&self, presented: Option<&str>) -> bool {
-        presented.is_some_and(|n| same(n.as_bytes(), self.nonce.as_bytes()))
+/// The secret every balancer-manager change must carry, shown only on its own pages. One
+/// per process, made at start and never replaced, so that a reload of the access settings
+/// leaves the pages operators have open working.
+#[derive(Debug)]
+pub struct Nonce(String);
+
+impl Nonce {
+    pub fn random() -> Self {
+        Self(random_hex(16))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether a state change carries this nonce.
+    pub fn matches(&self, presented: Option<&str>) -> bool {
+        presented.is_some_and(|n| same(n.as_bytes(), self.0.as_bytes()))
     }
 }
 
@@ -314,13 +363,12 @@ mod tests {
 
     #[test]
     fn the_nonce_is_random_per_process_and_required() {
-        let a = Access::new(Cidr::loopback(), Vec::new());
-        let b = Access::new(Cidr::loopback(), Vec::new());
-        assert_eq!(a.nonce().len(), 32);
-        assert_ne!(a.nonce(), b.nonce());
-        assert!(a.nonce_ok(Some(a.nonce())));
-        assert!(!a.nonce_ok(Some(b.nonce())));
-        assert!(!a.nonce_ok(None));
+        let (a, b) = (Nonce::random(), Nonce::random());
+        assert_eq!(a.as_str().len(), 32);
+        assert_ne!(a.as_str(), b.as_str());
+        assert!(a.matches(Some(a.as_str())));
+        assert!(!a.matches(Some(b.as_str())));
+        assert!(!a.matches(None));
     }
 
     #[test]
@@ -333,14 +381,25 @@ mod tests {
             "# operators\nalice:0123456789abcdef0\nbob: fedcba98765432100\n",
         )
         .unwrap();
-        let tokens = load_tokens(Some(&file), Some("env-token-0123456789".into())).unwrap();
+        let env = TokenVariable::new(Some("env-token-0123456789".into()));
+        assert_eq!(format!("{env:?}"), "TokenVariable(set)", "never the secret");
+        let tokens = load_tokens(Some(&file), &env).unwrap();
         assert_eq!(
             tokens.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
             ["alice", "bob", "env"]
         );
+        let read = |tokens| Access::new(Cidr::loopback(), tokens);
+        let before = read(tokens);
+        assert!(before.same_tokens(&read(load_tokens(Some(&file), &env).unwrap())));
+        std::fs::write(&file, "alice:0123456789abcdef1\nbob: fedcba98765432100\n").unwrap();
+        let after = read(load_tokens(Some(&file), &env).unwrap());
+        assert!(
+            !before.same_tokens(&after),
+            "a secret changed under the same name"
+        );
         std::fs::write(&file, "short\n").unwrap();
         assert!(
-            load_tokens(Some(&file), None)
+            load_tokens(Some(&file), &TokenVariable::default())
                 .unwrap_err()
                 .contains(":1: a token must be at least 16")
         );

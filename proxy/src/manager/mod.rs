@@ -63,7 +63,7 @@ impl ProxyAdmin {
                         .collect()
                 })
                 .unwrap_or_default(),
-            nonce: self.access.nonce().to_owned(),
+            nonce: self.nonce.as_str().to_owned(),
             agents_polled: self.settings.agent_admin_port.is_some(),
         }
     }
@@ -86,7 +86,10 @@ impl ProxyAdmin {
     }
 
     async fn manage(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
-        if !self
+        // The rules as they are now (a reload may replace them between two requests), held
+        // as an `Arc` rather than a guard since the request goes on to await its body.
+        let current = self.settings.access.load_full();
+        if !current
             .hosts
             .allows(request.headers().get(HOST), conn.local.ip())
         {
@@ -96,7 +99,7 @@ impl ProxyAdmin {
                 "this Host is not a name of the balancer-manager; add it with --admin-host",
             );
         }
-        let who = match self.access.check(conn.remote.ip(), request.headers()) {
+        let who = match current.access.check(conn.remote.ip(), request.headers()) {
             Ok(who) => who,
             Err(Denied::Address) => {
                 tracing::warn!(client = %conn.remote.ip(), path = request.uri().path(), "balancer-manager refused: address not in --admin-allow");
@@ -209,7 +212,7 @@ impl ProxyAdmin {
             Ok(change) => change,
             Err(message) => return error(StatusCode::BAD_REQUEST, message),
         };
-        if !self.access.nonce_ok(change.nonce.as_deref()) {
+        if !self.nonce.matches(change.nonce.as_deref()) {
             tracing::warn!(%who, member = route, "balancer-manager change refused: missing or wrong nonce");
             return error(
                 StatusCode::FORBIDDEN,

@@ -5,6 +5,7 @@
 
 use super::Span;
 use crate::process::lifecycle::ShutdownTiming;
+use crate::process::logging::LogFilter;
 use crate::serve::ServerLimits;
 use crate::upstream::forward::UpstreamTimeouts;
 use clap::{Args, ValueEnum};
@@ -99,15 +100,35 @@ pub enum LogFormat {
     Json,
 }
 
+/// How log lines are written: fixed for the life of the process, since the writer is built
+/// for it when the logger is installed.
 #[derive(Debug, Clone, Args)]
-pub struct LogOptions {
+pub struct LogFormatOptions {
+    /// Log line format: human-readable text, or one JSON object per line for log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Which log lines are written: the filter can be swapped in a running logger, so a reload
+/// (SIGHUP) applies it, and an operator can turn `debug` on and off without a restart.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Logging (applied on reload)")]
+pub struct LogLevelOptions {
     /// Log filter: a level (error, warn, info, debug, trace) or tracing directives such as
     /// `info,stickyroute_relay=debug`.
     #[arg(long, env = "STICKYROUTE_LOG", default_value = LOG_LEVEL, value_name = "FILTER")]
     pub log_level: String,
-    /// Log line format: human-readable text, or one JSON object per line for log shippers.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+}
+
+impl LogLevelOptions {
+    /// The filter, checked with the other settings so that a bad one (at start or on a
+    /// reload) is reported naming where it was given.
+    pub fn filter<T>(
+        &self,
+        layered: &super::Layered<T>,
+    ) -> Result<LogFilter, super::SettingsError> {
+        LogFilter::parse(&self.log_level).map_err(|e| layered.invalid("log_level", e))
+    }
 }
 
 #[derive(Debug, Clone, Args)]
