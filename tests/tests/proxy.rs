@@ -123,6 +123,7 @@ async fn nofailover_gives_503_to_the_dead_members_sessions_only_and_recovers_aft
     let www2 = c.apps.remove("www2").unwrap();
     let addr = www2.addr();
     www2.stop().await;
+    let failed = Instant::now();
     let dead = get(c.proxy.addr, "/")
         .header("cookie", "balanceid=route.www2")
         .send()
@@ -150,11 +151,21 @@ async fn nofailover_gives_503_to_the_dead_members_sessions_only_and_recovers_aft
         );
     }
     c.apps.insert("www2", TestApp::start_on("www2", addr).await);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        c.answer(Some("balanceid=route.www2")).await,
-        (200, Some("www2".into())),
-        "back after --retry"
+    // Asked until it answers, instead of sleeping past the retry time: each request
+    // before then is refused without trying, and the first 200 must not come before it.
+    let back = stickyroute_tests::eventually_async("www2 back after --retry", PATIENCE, || {
+        let c = &c;
+        async move {
+            let answer = c.answer(Some("balanceid=route.www2")).await;
+            (answer.0 == 200).then_some(answer)
+        }
+    })
+    .await;
+    assert_eq!(back, (200, Some("www2".into())), "back after --retry");
+    assert!(
+        failed.elapsed() >= Duration::from_millis(950),
+        "back {:?} after the failure, before the 1 s --retry",
+        failed.elapsed()
     );
 }
 
@@ -317,13 +328,18 @@ async fn an_added_member_takes_new_sessions_within_a_second_without_restart() {
 async fn a_removed_member_finishes_its_request_and_gets_no_new_ones() {
     let c = Cluster::start(&[("www1", "127.0.0.2", 1), ("www2", "127.0.0.3", 1)], &[]).await;
     let addr = c.proxy.addr;
+    // 1.2 s: the map change below is in place within about a quarter of that, so the
+    // request is still in flight when its member leaves the map.
     let slow = tokio::spawn(async move {
-        get(addr, "/slow?ms=1500")
+        get(addr, "/slow?ms=1200")
             .header("cookie", "balanceid=route.www2")
             .send()
             .await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    stickyroute_tests::eventually("the slow request to reach www2", PATIENCE, || {
+        (c.apps["www2"].requests() == 1).then_some(())
+    })
+    .await;
     c.write_map(&[("www1", "")]);
     c.wait_swaps(2).await;
     let before = c.apps["www2"].requests();
@@ -598,8 +614,12 @@ async fn a_slow_header_client_is_cut_off() {
 async fn sigterm_lets_the_in_flight_request_finish() {
     let c = Cluster::start_process(&[("www1", "127.0.0.2", 1)], &["--drain-delay", "300ms"]).await;
     let addr = c.proxy.addr;
-    let slow = tokio::spawn(async move { get(addr, "/slow?ms=1500").send().await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The request is still in flight 700 ms after the 300 ms drain delay has ended.
+    let slow = tokio::spawn(async move { get(addr, "/slow?ms=1000").send().await });
+    stickyroute_tests::eventually("the slow request to reach the member", PATIENCE, || {
+        (c.apps["www1"].requests() == 1).then_some(())
+    })
+    .await;
     c.proxy.process.signal("TERM");
     let reply = slow.await.unwrap();
     assert_eq!(reply.status, 200);
