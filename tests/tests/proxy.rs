@@ -813,7 +813,9 @@ async fn a_second_proxy_on_the_same_port_fails_instead_of_sharing_traffic() {
 
 /// `--response-timeout` counts from the last upload bytes that moved, as Apache's and
 /// nginx's inactivity timeouts do: an upload that takes longer than the timeout but keeps
-/// moving reaches the app whole, and one that stalls ends with 504 after the timeout.
+/// moving reaches the app whole, and one that stalls ends with the client's 408 after the
+/// `--idle-timeout`. The two uploads run side by side on their own connections, so the
+/// test takes as long as the slow one, not as long as both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_upload_outlives_the_response_timeout_and_a_stalled_one_gets_408() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -822,46 +824,57 @@ async fn a_slow_upload_outlives_the_response_timeout_and_a_stalled_one_gets_408(
         &["--response-timeout", "1s", "--idle-timeout", "1s"],
     )
     .await;
-    let head =
-        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n";
+    let addr = c.proxy.addr;
 
-    let mut slow = connect(c.proxy.addr, None).await.unwrap();
-    slow.write_all(head.as_bytes()).await.unwrap();
-    let started = Instant::now();
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        slow.write_all(b"u").await.unwrap();
-    }
-    let mut answer = String::new();
-    slow.read_to_string(&mut answer).await.unwrap();
-    assert!(
-        started.elapsed() > Duration::from_secs(2),
-        "the upload took 3 s"
-    );
-    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
-    assert!(
-        answer.ends_with("\r\n\r\n10"),
-        "the app counted 10 bytes: {answer}"
-    );
+    // Six bytes, 300 ms apart: 1.8 s in all, well past the 1 s timeout, while no gap
+    // comes near it.
+    let slow = async move {
+        let head =
+            "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nConnection: close\r\n\r\n";
+        let mut slow = connect(addr, None).await.unwrap();
+        slow.write_all(head.as_bytes()).await.unwrap();
+        let started = Instant::now();
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            slow.write_all(b"u").await.unwrap();
+        }
+        let mut answer = String::new();
+        slow.read_to_string(&mut answer).await.unwrap();
+        assert!(
+            started.elapsed() > Duration::from_millis(1500),
+            "the upload took 1.8 s"
+        );
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(
+            answer.ends_with("\r\n\r\n6"),
+            "the app counted 6 bytes: {answer}"
+        );
+    };
 
-    let mut stalled = connect(c.proxy.addr, None).await.unwrap();
-    stalled.write_all(head.as_bytes()).await.unwrap();
-    stalled.write_all(b"uuu").await.unwrap();
-    let started = Instant::now();
-    let mut answer = vec![0u8; 12];
-    tokio::time::timeout(PATIENCE, stalled.read_exact(&mut answer))
-        .await
-        .expect("an answer while the upload is stalled")
-        .unwrap();
-    assert_eq!(
-        &answer, b"HTTP/1.1 408",
-        "the client's stall, not the member's"
-    );
-    let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
-        "408 after the 1 s idle timeout, not {waited:?}"
-    );
+    let stalled = async move {
+        let head =
+            "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n";
+        let mut stalled = connect(addr, None).await.unwrap();
+        stalled.write_all(head.as_bytes()).await.unwrap();
+        stalled.write_all(b"uuu").await.unwrap();
+        let started = Instant::now();
+        let mut answer = vec![0u8; 12];
+        tokio::time::timeout(PATIENCE, stalled.read_exact(&mut answer))
+            .await
+            .expect("an answer while the upload is stalled")
+            .unwrap();
+        assert_eq!(
+            &answer, b"HTTP/1.1 408",
+            "the client's stall, not the member's"
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+            "408 after the 1 s idle timeout, not {waited:?}"
+        );
+    };
+
+    tokio::join!(slow, stalled);
     let status = c.status().await;
     assert_eq!(status["members"][0]["errors"], 0, "{status}");
 }
