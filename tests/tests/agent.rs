@@ -500,8 +500,13 @@ async fn sigterm_finishes_the_slow_request_then_refuses_new_connections() {
         .start_process();
     wait_ready(&agent).await;
     let addr = agent.addr;
-    let slow = tokio::spawn(async move { get(addr, "/slow?ms=2000").send().await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The request is still in flight about 800 ms after the 700 ms drain delay has ended
+    // and the listener has closed.
+    let slow = tokio::spawn(async move { get(addr, "/slow?ms=1500").send().await });
+    stickyroute_tests::eventually("the slow request to reach the app", PATIENCE, || {
+        (app.requests() == 1).then_some(())
+    })
+    .await;
     agent.process.signal("TERM");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let status = get(agent.admin, "/readyz").send().await;

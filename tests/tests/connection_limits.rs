@@ -33,8 +33,15 @@ async fn opened_with(target: SocketAddr, bytes: &[u8]) -> TcpStream {
 }
 
 /// Every way of holding a connection without completing a request, on `target` (whose
-/// `path` answers GET).
+/// `path` answers GET). All of them at once: each waits out the same timeout.
 async fn assert_silent_connections_are_closed(name: &str, target: SocketAddr, path: &str) {
+    tokio::join!(
+        assert_raw_connections_are_closed(name, target, path),
+        assert_idle_http2_connection_is_closed(name, target, path),
+    );
+}
+
+async fn assert_raw_connections_are_closed(name: &str, target: SocketAddr, path: &str) {
     let keep_alive = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
     let cases: [(&str, &[u8]); 5] = [
         ("no bytes at all", b""),
@@ -56,7 +63,10 @@ async fn assert_silent_connections_are_closed(name: &str, target: SocketAddr, pa
             "{name}: a connection with {case} was not closed"
         );
     }
-    // HTTP/2 after one complete request: the connection has no open stream, so it is idle.
+}
+
+/// HTTP/2 after one complete request: the connection has no open stream, so it is idle.
+async fn assert_idle_http2_connection_is_closed(name: &str, target: SocketAddr, path: &str) {
     let stream = TcpStream::connect(target).await.unwrap();
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))

@@ -120,14 +120,50 @@ async fn is_not_ready_until_a_missing_file_appears() {
 async fn waits_for_a_directory_that_does_not_exist_yet() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("later").join("routemap");
-    let (live, _task) = start(&path);
+    // Without a watch the file is read every poll interval (2 s at most): a short one
+    // finds the new directory in a fraction of that, instead of waiting out the 2 s.
+    let options = FileWatchOptions {
+        poll_interval: Duration::from_millis(200),
+        ..FileWatchOptions::default()
+    };
+    let (live, _task) = spawn(FileSource::new(&path).with_options(options));
     eventually("a not-found error", PATIENCE, || live.status().last_error).await;
-    std::fs::create_dir(dir.path().join("later")).unwrap();
+    let later = dir.path().join("later");
+    std::fs::create_dir(&later).unwrap();
     std::fs::write(&path, "10.0.0.1 www1\n").unwrap();
     wait_route(&live, "10.0.0.1", "www1").await;
-    // Once the directory exists it is watched: later edits are seen promptly too.
+    // Once the directory exists it is watched (the short poll would see the edit below
+    // without a watch, and so would the 2 s one within the patience: the watch itself is
+    // what shows it), and later edits are seen too.
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&later).unwrap());
+    eventually("an inotify watch on the new directory", PATIENCE, || {
+        inotify_watched_inodes().contains(&inode).then_some(())
+    })
+    .await;
     std::fs::write(&path, "10.0.0.1 www2\n").unwrap();
     wait_route(&live, "10.0.0.1", "www2").await;
+}
+
+/// The inodes this process has inotify watches on, from `/proc/self/fdinfo` (each watch
+/// is a line `inotify wd:… ino:<hex> sdev:…` under its inotify descriptor).
+fn inotify_watched_inodes() -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+        .flat_map(|info| {
+            info.lines()
+                .filter(|line| line.starts_with("inotify "))
+                .filter_map(|line| {
+                    let hex = line
+                        .split_whitespace()
+                        .find_map(|f| f.strip_prefix("ino:"))?;
+                    u64::from_str_radix(hex, 16).ok()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -215,7 +251,13 @@ async fn a_writer_pausing_mid_file_never_gets_a_torn_map_published() {
         tokio::time::sleep(Duration::from_millis(60)).await;
         std::io::Write::write_all(&mut file, &text.as_bytes()[cut..]).unwrap();
         drop(file);
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Each whole version is published before the next write starts (which a fixed
+        // 250 ms pause only allowed for), so no write is folded into the next.
+        let hash = RouteMap::parse(text.as_bytes()).unwrap().hash().to_owned();
+        eventually(&format!("v{i} published whole"), PATIENCE, || {
+            (live.load()?.hash() == hash).then_some(())
+        })
+        .await;
     }
     wait_route(&live, "10.0.0.1", "v8").await;
     let seen = seen.lock().unwrap().clone();

@@ -70,11 +70,21 @@ async fn a_missing_map_directory_is_reported_once() {
     let dir = tempfile::tempdir().unwrap();
     let map = dir.path().join("not-yet").join("routemap");
     let proxy = Proxy::builder(&map).start_process();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let warnings = proxy.process.log_lines_with("cannot watch");
-    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    // Without its directory the map is read every 2 s, and after every failed read the
+    // watch is tried again. Waiting for the second failed read, rather than a fixed 5 s,
+    // means the retry after the first read failed too, 2 s ago: time enough to have
+    // logged a second warning if each retry warned.
+    eventually_async("two failed reads of the missing map", PATIENCE, || async {
+        let status = get(proxy.admin, "/status").try_send().await.ok()?.json();
+        (status["map"]["reload_errors"].as_u64()? >= 2).then_some(())
+    })
+    .await;
     // And once it appears, the map is followed.
     std::fs::create_dir(dir.path().join("not-yet")).unwrap();
     std::fs::write(&map, "127.0.0.2 www1\n").unwrap();
     proxy.wait_members(1).await;
+    // Counted at the end, so every retry that failed counts, the one after the second
+    // read included.
+    let warnings = proxy.process.log_lines_with("cannot watch");
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
 }

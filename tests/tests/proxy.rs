@@ -123,6 +123,7 @@ async fn nofailover_gives_503_to_the_dead_members_sessions_only_and_recovers_aft
     let www2 = c.apps.remove("www2").unwrap();
     let addr = www2.addr();
     www2.stop().await;
+    let failed = Instant::now();
     let dead = get(c.proxy.addr, "/")
         .header("cookie", "balanceid=route.www2")
         .send()
@@ -150,11 +151,21 @@ async fn nofailover_gives_503_to_the_dead_members_sessions_only_and_recovers_aft
         );
     }
     c.apps.insert("www2", TestApp::start_on("www2", addr).await);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        c.answer(Some("balanceid=route.www2")).await,
-        (200, Some("www2".into())),
-        "back after --retry"
+    // Asked until it answers, instead of sleeping past the retry time: each request
+    // before then is refused without trying, and the first 200 must not come before it.
+    let back = stickyroute_tests::eventually_async("www2 back after --retry", PATIENCE, || {
+        let c = &c;
+        async move {
+            let answer = c.answer(Some("balanceid=route.www2")).await;
+            (answer.0 == 200).then_some(answer)
+        }
+    })
+    .await;
+    assert_eq!(back, (200, Some("www2".into())), "back after --retry");
+    assert!(
+        failed.elapsed() >= Duration::from_millis(950),
+        "back {:?} after the failure, before the 1 s --retry",
+        failed.elapsed()
     );
 }
 
@@ -317,13 +328,18 @@ async fn an_added_member_takes_new_sessions_within_a_second_without_restart() {
 async fn a_removed_member_finishes_its_request_and_gets_no_new_ones() {
     let c = Cluster::start(&[("www1", "127.0.0.2", 1), ("www2", "127.0.0.3", 1)], &[]).await;
     let addr = c.proxy.addr;
+    // 1.2 s: the map change below is in place within about a quarter of that, so the
+    // request is still in flight when its member leaves the map.
     let slow = tokio::spawn(async move {
-        get(addr, "/slow?ms=1500")
+        get(addr, "/slow?ms=1200")
             .header("cookie", "balanceid=route.www2")
             .send()
             .await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    stickyroute_tests::eventually("the slow request to reach www2", PATIENCE, || {
+        (c.apps["www2"].requests() == 1).then_some(())
+    })
+    .await;
     c.write_map(&[("www1", "")]);
     c.wait_swaps(2).await;
     let before = c.apps["www2"].requests();
@@ -367,7 +383,10 @@ async fn two_hundred_map_changes_under_load_lose_no_request() {
                 ("www2", "127.0.0.3", 1),
                 ("www3", "127.0.0.4", 1),
             ],
-            &["--routemap-debounce", "20ms"],
+            // What is under test is the table swap, not the debounce: each write is one
+            // rename, so no quiet time is needed before reading it, and a shorter one
+            // takes 200 swaps in less time (the read itself still settles for 30 ms).
+            &["--routemap-debounce", "1ms"],
         )
         .await,
     );
@@ -595,8 +614,12 @@ async fn a_slow_header_client_is_cut_off() {
 async fn sigterm_lets_the_in_flight_request_finish() {
     let c = Cluster::start_process(&[("www1", "127.0.0.2", 1)], &["--drain-delay", "300ms"]).await;
     let addr = c.proxy.addr;
-    let slow = tokio::spawn(async move { get(addr, "/slow?ms=1500").send().await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The request is still in flight 700 ms after the 300 ms drain delay has ended.
+    let slow = tokio::spawn(async move { get(addr, "/slow?ms=1000").send().await });
+    stickyroute_tests::eventually("the slow request to reach the member", PATIENCE, || {
+        (c.apps["www1"].requests() == 1).then_some(())
+    })
+    .await;
     c.proxy.process.signal("TERM");
     let reply = slow.await.unwrap();
     assert_eq!(reply.status, 200);
@@ -790,7 +813,9 @@ async fn a_second_proxy_on_the_same_port_fails_instead_of_sharing_traffic() {
 
 /// `--response-timeout` counts from the last upload bytes that moved, as Apache's and
 /// nginx's inactivity timeouts do: an upload that takes longer than the timeout but keeps
-/// moving reaches the app whole, and one that stalls ends with 504 after the timeout.
+/// moving reaches the app whole, and one that stalls ends with the client's 408 after the
+/// `--idle-timeout`. The two uploads run side by side on their own connections, so the
+/// test takes as long as the slow one, not as long as both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_upload_outlives_the_response_timeout_and_a_stalled_one_gets_408() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -799,46 +824,57 @@ async fn a_slow_upload_outlives_the_response_timeout_and_a_stalled_one_gets_408(
         &["--response-timeout", "1s", "--idle-timeout", "1s"],
     )
     .await;
-    let head =
-        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n";
+    let addr = c.proxy.addr;
 
-    let mut slow = connect(c.proxy.addr, None).await.unwrap();
-    slow.write_all(head.as_bytes()).await.unwrap();
-    let started = Instant::now();
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        slow.write_all(b"u").await.unwrap();
-    }
-    let mut answer = String::new();
-    slow.read_to_string(&mut answer).await.unwrap();
-    assert!(
-        started.elapsed() > Duration::from_secs(2),
-        "the upload took 3 s"
-    );
-    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
-    assert!(
-        answer.ends_with("\r\n\r\n10"),
-        "the app counted 10 bytes: {answer}"
-    );
+    // Six bytes, 300 ms apart: 1.8 s in all, well past the 1 s timeout, while no gap
+    // comes near it.
+    let slow = async move {
+        let head =
+            "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nConnection: close\r\n\r\n";
+        let mut slow = connect(addr, None).await.unwrap();
+        slow.write_all(head.as_bytes()).await.unwrap();
+        let started = Instant::now();
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            slow.write_all(b"u").await.unwrap();
+        }
+        let mut answer = String::new();
+        slow.read_to_string(&mut answer).await.unwrap();
+        assert!(
+            started.elapsed() > Duration::from_millis(1500),
+            "the upload took 1.8 s"
+        );
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(
+            answer.ends_with("\r\n\r\n6"),
+            "the app counted 6 bytes: {answer}"
+        );
+    };
 
-    let mut stalled = connect(c.proxy.addr, None).await.unwrap();
-    stalled.write_all(head.as_bytes()).await.unwrap();
-    stalled.write_all(b"uuu").await.unwrap();
-    let started = Instant::now();
-    let mut answer = vec![0u8; 12];
-    tokio::time::timeout(PATIENCE, stalled.read_exact(&mut answer))
-        .await
-        .expect("an answer while the upload is stalled")
-        .unwrap();
-    assert_eq!(
-        &answer, b"HTTP/1.1 408",
-        "the client's stall, not the member's"
-    );
-    let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
-        "408 after the 1 s idle timeout, not {waited:?}"
-    );
+    let stalled = async move {
+        let head =
+            "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n";
+        let mut stalled = connect(addr, None).await.unwrap();
+        stalled.write_all(head.as_bytes()).await.unwrap();
+        stalled.write_all(b"uuu").await.unwrap();
+        let started = Instant::now();
+        let mut answer = vec![0u8; 12];
+        tokio::time::timeout(PATIENCE, stalled.read_exact(&mut answer))
+            .await
+            .expect("an answer while the upload is stalled")
+            .unwrap();
+        assert_eq!(
+            &answer, b"HTTP/1.1 408",
+            "the client's stall, not the member's"
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+            "408 after the 1 s idle timeout, not {waited:?}"
+        );
+    };
+
+    tokio::join!(slow, stalled);
     let status = c.status().await;
     assert_eq!(status["members"][0]["errors"], 0, "{status}");
 }
