@@ -38,9 +38,32 @@ impl Drop for Browser {
             use std::io::{Read, Write};
             let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
             let _ = stream.write_all(request.as_bytes());
-            let _ = stream.read_to_end(&mut Vec::new());
+            // Chromedriver answers `Connection: close` but keeps the connection open, so
+            // the answer ends where its Content-Length says, not at end of file.
+            let mut answer = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !complete(&answer) {
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&chunk[..n]),
+                }
+            }
         }
     }
+}
+
+/// Whether `answer` holds a whole HTTP response with a Content-Length body.
+fn complete(answer: &[u8]) -> bool {
+    let Some(head_end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&answer[..head_end]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|value| value.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    answer.len() >= head_end + 4 + length
 }
 
 impl Browser {
