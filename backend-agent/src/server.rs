@@ -107,10 +107,7 @@ fn reload(running: &Settings, map: &FollowedMap, last_read: &mut Layered<AgentOp
         }
     };
     let live = config::reloadable();
-    let changes = Changes {
-        applied: Changes::between(last_read, &read.source, &live).applied,
-        need_restart: Changes::between(&running.source, &read.source, &live).need_restart,
-    };
+    let changes = Changes::on_reload(&running.source, last_read, &read.source, &live);
     running.policy.store(read.policy.load_full());
     // Before the report, so that it and every line after it are at the new level.
     if let Err(error) = logging::set_filter(&read.log_level) {

@@ -160,10 +160,7 @@ fn reload(running: &Settings, map: &FollowedMap, last_read: &mut Layered<ProxyOp
         }
     };
     let live = config::reloadable();
-    let mut changes = Changes {
-        applied: Changes::between(last_read, &read.source, &live).applied,
-        need_restart: Changes::between(&running.source, &read.source, &live).need_restart,
-    };
+    let mut changes = Changes::on_reload(&running.source, last_read, &read.source, &live);
     let access = read.access.load_full();
     let token_file = "admin_token_file".to_owned();
     if !running.access.load().access.same_tokens(&access.access)

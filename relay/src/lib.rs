@@ -18,7 +18,7 @@
 //! - What the admin listeners share: [`admin`] (health, map metrics), [`metrics`] (the
 //!   Prometheus text format) and [`agent_status`] (the agent's `/status`, the contract
 //!   the proxy reads).
-//! - [`urlencoded`]: form bodies and query strings.
+//! - [`urlencoded`]: form bodies and query strings; [`html`]: escaping for served pages.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -26,6 +26,7 @@ pub mod agent_status;
 pub mod body;
 pub mod clock;
 pub mod headers;
+pub mod html;
 pub mod map;
 pub mod metrics;
 pub mod process;

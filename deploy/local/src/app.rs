@@ -115,7 +115,7 @@ impl App {
             let session_html = if sid.is_none() {
                 "no session (<a href=\"/login\">log in</a> to start one)".to_owned()
             } else {
-                escape_html(&session_text)
+                stickyroute_relay::html::escape(&session_text)
             };
             (
                 "text/html; charset=utf-8",
@@ -126,7 +126,7 @@ impl App {
                      <p><a href=\"/\">Reload</a> · <a href=\"/login\">Log in (new session)</a> · <a href=\"/logout\">Log out</a></p>\
                      </body></html>",
                     name = self.name,
-                    cookie_html = escape_html(&cookie_text),
+                    cookie_html = stickyroute_relay::html::escape(&cookie_text),
                 ),
             )
         } else {
@@ -151,25 +151,9 @@ impl App {
     }
 }
 
-/// `text` with the characters that mean something in HTML replaced by their entities.
-fn escape_html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
-    use super::escape_html;
+    use stickyroute_relay::html::escape as escape_html;
 
     #[test]
     fn markup_from_a_cookie_is_shown_as_text() {

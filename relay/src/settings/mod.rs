@@ -62,16 +62,27 @@ pub struct Changes {
 }
 
 impl Changes {
-    /// Compares the running settings with newly read ones; `live` are the keys a reload
-    /// may change.
-    pub fn between<T, U>(running: &Layered<T>, read: &Layered<U>, live: &BTreeSet<String>) -> Self {
-        let (applied, need_restart) = running
+    /// What a reload that read `read` changes: the live settings (keys in `live`) that
+    /// differ from the last reload's reading `last`, and the others that differ from what
+    /// the process `started` with (they stay pending until a restart, however many
+    /// reloads come between).
+    pub fn on_reload<T>(
+        started: &Layered<T>,
+        last: &Layered<T>,
+        read: &Layered<T>,
+        live: &BTreeSet<String>,
+    ) -> Self {
+        let applied = last
             .changed(read)
             .into_iter()
-            .partition(|key| live.contains(key));
+            .filter(|key| live.contains(key));
+        let need_restart = started
+            .changed(read)
+            .into_iter()
+            .filter(|key| !live.contains(key));
         Self {
-            applied,
-            need_restart,
+            applied: applied.collect(),
+            need_restart: need_restart.collect(),
         }
     }
 
