@@ -6,7 +6,7 @@
 //! else needs a restart.
 
 use crate::identity::Identity;
-use crate::inject::{CookieAttributes, DomainMode, SameSite};
+use crate::inject::{CookieAttributes, CookieSecure, DomainMode, SameSite};
 use crate::session::SessionMatcher;
 use arc_swap::ArcSwap;
 use clap::{Args, Parser};
@@ -131,16 +131,29 @@ pub struct CookieOptions {
     /// for stickiness across subdomains.
     #[arg(long, default_value = "host", value_name = "host|none|DOMAIN")]
     pub cookie_domain: String,
-    /// Add `Secure` (send the cookie over HTTPS only).
-    #[arg(long)]
-    pub cookie_secure: bool,
-    /// Add `HttpOnly` (hide the cookie from page scripts).
+    /// When to add `Secure` (the browser then sends the cookie over HTTPS only): `auto`
+    /// when the request came over HTTPS as the proxy in front says (`X-Forwarded-Proto:
+    /// https`), `always`, or `never`. The flag alone means `always`.
+    #[arg(
+        long,
+        value_enum,
+        num_args = 0..=1,
+        default_value_t = CookieSecure::Auto,
+        default_missing_value = "always",
+        value_name = "auto|always|never"
+    )]
+    pub cookie_secure: CookieSecure,
+    /// Add `HttpOnly`: page scripts cannot read the cookie. Without it they can
+    /// (`document.cookie`); the proxy is the only one that needs it.
     #[arg(long)]
     pub cookie_httponly: bool,
-    /// Add `SameSite=...`.
+    /// Add `SameSite=...`. Without it Chrome and Edge treat the cookie as `Lax` (not sent
+    /// on cross-site subrequests and POSTs); Firefox and Safari send it cross-site. `none`
+    /// needs `Secure`: it is written only on responses that carry `Secure`.
     #[arg(long, value_enum, value_name = "lax|strict|none")]
     pub cookie_samesite: Option<SameSite>,
-    /// Add `Max-Age=SECONDS`; without it the cookie lasts for the browser session.
+    /// Add `Max-Age=SECONDS`; without it the cookie is a session cookie, which the browser
+    /// drops when it closes (or keeps, when it restores sessions).
     #[arg(long, value_name = "SECONDS")]
     pub cookie_max_age: Option<u64>,
     /// Route to issue when this instance's keys are not in the map (otherwise no cookie).
@@ -287,10 +300,15 @@ impl CookiePolicy {
                 }
             }
         };
-        if options.cookie_samesite == Some(SameSite::None) && !options.cookie_secure {
+        if options.cookie_samesite == Some(SameSite::None)
+            && options.cookie_secure == CookieSecure::Never
+        {
             return Err(bad(
                 "cookie_samesite",
-                "none requires --cookie-secure (browsers reject it otherwise)".to_owned(),
+                format!(
+                    "none needs Secure, which {} never turns on (browsers reject a SameSite=None cookie without Secure); use --cookie-secure auto or always",
+                    layered.name("cookie_secure")
+                ),
             ));
         }
         let default_route = options
@@ -362,8 +380,13 @@ mod tests {
             error(&["--track-all", "--cookie-domain", "exa mple"]).starts_with("--cookie-domain")
         );
         assert!(
-            error(&["--track-all", "--cookie-samesite", "none"])
-                .contains("requires --cookie-secure")
+            error(&[
+                "--track-all",
+                "--cookie-samesite",
+                "none",
+                "--cookie-secure",
+                "never"
+            ]) == "--cookie-samesite: none needs Secure, which --cookie-secure never turns on (browsers reject a SameSite=None cookie without Secure); use --cookie-secure auto or always"
         );
         assert!(error(&["--track-all", "--default-route", "www.1"]).starts_with("--default-route"));
         assert!(error(&["--track-all", "--skip-path", "static"]).contains("must start with '/'"));
@@ -422,6 +445,45 @@ mod tests {
             "every setting under an \"applied on reload\" heading, and only those, is reloaded"
         );
         assert!(error(&["--track-all", "--log-level", "debug,x=loud"]).starts_with("--log-level"));
+    }
+
+    #[test]
+    fn cookie_secure_is_auto_by_default_and_the_old_switch_forms_still_read() {
+        let secure = |extra: &[&str]| {
+            let mut words = vec!["--track-all"];
+            words.extend_from_slice(extra);
+            Settings::read(&argv(&words), None)
+                .unwrap()
+                .policy
+                .load()
+                .attributes
+                .secure
+        };
+        assert_eq!(secure(&[]), CookieSecure::Auto);
+        assert_eq!(secure(&["--cookie-secure"]), CookieSecure::Always);
+        assert_eq!(
+            secure(&["--cookie-secure", "--cookie-httponly"]),
+            CookieSecure::Always
+        );
+        assert_eq!(secure(&["--cookie-secure", "never"]), CookieSecure::Never);
+        assert_eq!(secure(&["--cookie-secure=auto"]), CookieSecure::Auto);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.json");
+        let config = file.to_str().unwrap();
+        for (value, expected) in [
+            ("true", CookieSecure::Always),
+            ("false", CookieSecure::Never),
+            ("\"never\"", CookieSecure::Never),
+        ] {
+            std::fs::write(&file, format!(r#"{{"cookie_secure": {value}}}"#)).unwrap();
+            assert_eq!(secure(&["--config", config]), expected, "{value}");
+        }
+        std::fs::write(&file, r#"{"cookie_secure": "sometimes"}"#).unwrap();
+        let message = error(&["--track-all", "--config", config]);
+        assert!(
+            message.ends_with("\"sometimes\" is not one of auto, always, never"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -61,6 +61,8 @@ struct Plan {
     route: RouteId,
     request_session: bool,
     host: Option<String>,
+    /// The request reached the proxy over HTTPS (for `--cookie-secure auto`).
+    https: bool,
 }
 
 impl Agent {
@@ -144,6 +146,7 @@ impl Agent {
             route,
             request_session: self.settings.policy.load().sessions.in_request(headers),
             host,
+            https: inject::came_over_https(headers),
         })
     }
 
@@ -167,6 +170,7 @@ impl Agent {
             &self.settings.policy.load().cookie,
             &plan.route,
             plan.host.as_deref(),
+            plan.https,
         );
         if let Some(set_cookie) = set_cookie {
             inject::inject(response.headers_mut(), set_cookie);

@@ -51,23 +51,62 @@ pub enum SameSite {
     None,
 }
 
+/// When the cookie carries `Secure`.
+///
+/// `true` and `false` stay accepted (config files and environment variables written when
+/// `--cookie-secure` was a plain switch) as `always` and `never`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CookieSecure {
+    /// When the request came over HTTPS, as the hop in front says (`X-Forwarded-Proto`):
+    /// one configuration serves both the TLS and the plain listener of the proxy, and a
+    /// browser is never handed a `Secure` cookie over plain HTTP, which it would drop.
+    Auto,
+    #[value(alias = "true")]
+    Always,
+    #[value(alias = "false")]
+    Never,
+}
+
+/// Whether the request reached the hop in front over HTTPS: the first `X-Forwarded-Proto`
+/// item (the one the client-facing hop wrote, when a chain of proxies appends) is `https`.
+/// The agent believes its proxy; a client talking to the agent directly can only change
+/// its own cookie's `Secure` this way.
+pub fn came_over_https(headers: &HeaderMap) -> bool {
+    stickyroute_relay::headers::list_items(headers, stickyroute_relay::headers::X_FORWARDED_PROTO)
+        .next()
+        .is_some_and(|proto| proto.eq_ignore_ascii_case("https"))
+}
+
 #[derive(Debug, Clone)]
 pub struct CookieAttributes {
     pub domain: DomainMode,
-    pub secure: bool,
+    pub secure: CookieSecure,
     pub http_only: bool,
     pub same_site: Option<SameSite>,
     pub max_age: Option<u64>,
 }
 
 impl CookieAttributes {
-    /// `NAME=PREFIX.ROUTE; Path=/; Domain=...` plus the configured attributes.
+    /// `NAME=PREFIX.ROUTE; Path=/; Domain=...` plus the configured attributes, for a
+    /// request that came over HTTPS or not (`https`).
+    ///
+    /// `SameSite=None` is written only with `Secure`: browsers reject the whole cookie
+    /// otherwise (Chrome and Edge, as RFC 6265bis asks), which would end stickiness. So with
+    /// `--cookie-secure auto` a plain-HTTP response gets the cookie without a SameSite
+    /// attribute (the browser's default, Lax in Chrome and Edge); configurations that could
+    /// never write it with `Secure` are refused when the settings are read.
     pub fn set_cookie(
         &self,
         cookie: &StickyCookie,
         route: &RouteId,
         host: Option<&str>,
+        https: bool,
     ) -> Option<HeaderValue> {
+        let secure = match self.secure {
+            CookieSecure::Auto => https,
+            CookieSecure::Always => true,
+            CookieSecure::Never => false,
+        };
         let mut value = format!("{}={}; Path=/", cookie.name(), cookie.value_for(route));
         let domain = match &self.domain {
             DomainMode::RequestHost => host,
@@ -80,7 +119,7 @@ impl CookieAttributes {
         if let Some(max_age) = self.max_age {
             let _ = write!(value, "; Max-Age={max_age}");
         }
-        if self.secure {
+        if secure {
             value.push_str("; Secure");
         }
         if self.http_only {
@@ -89,8 +128,8 @@ impl CookieAttributes {
         match self.same_site {
             Some(SameSite::Lax) => value.push_str("; SameSite=Lax"),
             Some(SameSite::Strict) => value.push_str("; SameSite=Strict"),
-            Some(SameSite::None) => value.push_str("; SameSite=None"),
-            None => {}
+            Some(SameSite::None) if secure => value.push_str("; SameSite=None"),
+            Some(SameSite::None) | None => {}
         }
         HeaderValue::from_str(&value).ok()
     }
@@ -161,7 +200,7 @@ mod tests {
     fn attrs(domain: DomainMode) -> CookieAttributes {
         CookieAttributes {
             domain,
-            secure: false,
+            secure: CookieSecure::Auto,
             http_only: false,
             same_site: None,
             max_age: None,
@@ -176,24 +215,81 @@ mod tests {
     fn writes_the_seed_cookie() {
         let codec = StickyCookie::default();
         let value = attrs(DomainMode::RequestHost)
-            .set_cookie(&codec, &route(), Some("shop.example"))
+            .set_cookie(&codec, &route(), Some("shop.example"), false)
             .unwrap();
         assert_eq!(value, "balanceid=route.www1; Path=/; Domain=shop.example");
         let host_only = attrs(DomainMode::HostOnly)
-            .set_cookie(&codec, &route(), Some("shop.example"))
+            .set_cookie(&codec, &route(), Some("shop.example"), false)
             .unwrap();
         assert_eq!(host_only, "balanceid=route.www1; Path=/");
         let all = CookieAttributes {
             domain: DomainMode::Fixed(".example.com".into()),
-            secure: true,
+            secure: CookieSecure::Always,
             http_only: true,
             same_site: Some(SameSite::Strict),
             max_age: Some(3600),
         };
         assert_eq!(
-            all.set_cookie(&codec, &route(), Some("ignored")).unwrap(),
+            all.set_cookie(&codec, &route(), Some("ignored"), false)
+                .unwrap(),
             "balanceid=route.www1; Path=/; Domain=.example.com; Max-Age=3600; Secure; HttpOnly; SameSite=Strict"
         );
+    }
+
+    #[test]
+    fn secure_follows_the_hop_in_front_unless_fixed_and_samesite_none_only_with_it() {
+        let codec = StickyCookie::default();
+        let with = |secure, same_site, https| {
+            let attributes = CookieAttributes {
+                secure,
+                same_site,
+                ..attrs(DomainMode::HostOnly)
+            };
+            let value = attributes
+                .set_cookie(&codec, &route(), None, https)
+                .unwrap();
+            value.to_str().unwrap().to_owned()
+        };
+        let plain = "balanceid=route.www1; Path=/";
+        assert_eq!(with(CookieSecure::Auto, None, false), plain);
+        assert_eq!(
+            with(CookieSecure::Auto, None, true),
+            format!("{plain}; Secure")
+        );
+        assert_eq!(
+            with(CookieSecure::Always, None, false),
+            format!("{plain}; Secure")
+        );
+        assert_eq!(with(CookieSecure::Never, None, true), plain);
+        let none = Some(SameSite::None);
+        assert_eq!(
+            with(CookieSecure::Auto, none, true),
+            format!("{plain}; Secure; SameSite=None")
+        );
+        assert_eq!(
+            with(CookieSecure::Auto, none, false),
+            plain,
+            "a SameSite=None cookie without Secure would be dropped by the browser"
+        );
+    }
+
+    #[test]
+    fn https_is_the_first_forwarded_proto() {
+        let headers = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append("x-forwarded-proto", HeaderValue::from_str(v).unwrap());
+            }
+            came_over_https(&h)
+        };
+        assert!(!headers(&[]));
+        assert!(!headers(&["http"]));
+        assert!(headers(&["https"]));
+        assert!(headers(&["HTTPS"]));
+        assert!(headers(&["https, http"]));
+        assert!(headers(&["https", "http"]));
+        assert!(!headers(&["http, https"]));
+        assert!(!headers(&["httpsx"]));
     }
 
     #[test]

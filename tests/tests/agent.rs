@@ -267,6 +267,101 @@ async fn cookie_domain_and_attributes_are_configurable() {
     assert_eq!(host_only, ["balanceid=route.www1; Path=/"]);
 }
 
+/// The cookie the agent sets for `GET /` on host shop.example, with this
+/// `X-Forwarded-Proto` (what the proxy writes: `https` for a request that came over TLS).
+async fn cookie_over(agent: &Agent, proto: Option<&str>) -> Vec<String> {
+    let mut request = get(agent.addr, "/").host("shop.example");
+    if let Some(proto) = proto {
+        request = request.header("x-forwarded-proto", proto);
+    }
+    request.send().await.set_cookies_named("balanceid")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_is_added_when_the_proxy_says_the_request_came_over_https() {
+    let (_dir, _app, agent) = setup(&["--track-all"]).await;
+    assert_eq!(cookie_over(&agent, None).await, [COOKIE_WWW1]);
+    assert_eq!(cookie_over(&agent, Some("http")).await, [COOKIE_WWW1]);
+    assert_eq!(
+        cookie_over(&agent, Some("https")).await,
+        [format!("{COOKIE_WWW1}; Secure")]
+    );
+    assert_eq!(
+        cookie_over(&agent, Some("https, http")).await,
+        [format!("{COOKIE_WWW1}; Secure")],
+        "the first hop's protocol is the client's"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_always_and_never_ignore_the_protocol() {
+    let (_d1, _a1, always) = setup(&["--track-all", "--cookie-secure", "always"]).await;
+    let (_d2, _a2, never) = setup(&["--track-all", "--cookie-secure=never"]).await;
+    let secure = format!("{COOKIE_WWW1}; Secure");
+    assert_eq!(cookie_over(&always, None).await, [secure.as_str()]);
+    assert_eq!(cookie_over(&always, Some("https")).await, [secure.as_str()]);
+    assert_eq!(cookie_over(&never, None).await, [COOKIE_WWW1]);
+    assert_eq!(cookie_over(&never, Some("https")).await, [COOKIE_WWW1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn samesite_httponly_and_max_age_are_written_exactly() {
+    let (_d1, _a1, strict) = setup(&[
+        "--track-all",
+        "--cookie-samesite",
+        "strict",
+        "--cookie-httponly",
+        "--cookie-max-age",
+        "86400",
+    ])
+    .await;
+    assert_eq!(
+        cookie_over(&strict, None).await,
+        [format!(
+            "{COOKIE_WWW1}; Max-Age=86400; HttpOnly; SameSite=Strict"
+        )]
+    );
+    assert_eq!(
+        cookie_over(&strict, Some("https")).await,
+        [format!(
+            "{COOKIE_WWW1}; Max-Age=86400; Secure; HttpOnly; SameSite=Strict"
+        )]
+    );
+    // A browser drops a SameSite=None cookie that lacks Secure: over plain HTTP the
+    // cookie goes out without SameSite (the browser's default) rather than not at all.
+    let (_d2, _a2, none) = setup(&["--track-all", "--cookie-samesite", "none"]).await;
+    assert_eq!(
+        cookie_over(&none, Some("https")).await,
+        [format!("{COOKIE_WWW1}; Secure; SameSite=None")]
+    );
+    assert_eq!(cookie_over(&none, None).await, [COOKIE_WWW1]);
+}
+
+#[test]
+fn samesite_none_with_secure_never_is_refused_naming_both_settings() {
+    let process = Process::start(
+        "stickyroute-agent",
+        &[
+            "--upstream".into(),
+            "127.0.0.1:9".into(),
+            "--routemap".into(),
+            "/nonexistent".into(),
+            "--track-all".into(),
+            "--cookie-samesite".into(),
+            "none".into(),
+        ],
+        &[("STICKYROUTE_COOKIE_SECURE", "false")],
+    );
+    assert_eq!(process.wait_exit(PATIENCE), Some(64));
+    let log = process.log().join("\n");
+    assert!(
+        log.contains(
+            "--cookie-samesite: none needs Secure, which environment variable STICKYROUTE_COOKIE_SECURE never turns on"
+        ),
+        "{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_apps_own_set_cookie_headers_pass_exactly() {
     let (_dir, app, agent) = setup(&["--session-cookie", "SESSION"]).await;
@@ -646,14 +741,14 @@ async fn a_reload_applies_the_cookie_settings_from_the_config_file() {
     assert_eq!(cookie().await, [COOKIE_WWW1]);
     std::fs::write(
         &config,
-        r#"{"session_cookie": ["SESSION"], "cookie_max_age": 600, "cookie_httponly": true}"#,
+        r#"{"session_cookie": ["SESSION"], "cookie_max_age": 600, "cookie_httponly": true,
+            "cookie_samesite": "lax", "cookie_secure": "always"}"#,
     )
     .unwrap();
     agent.process.reload();
+    let expected = format!("{COOKIE_WWW1}; Max-Age=600; Secure; HttpOnly; SameSite=Lax");
     stickyroute_tests::eventually_async("the new cookie attributes", PATIENCE, || async {
-        let set = cookie().await;
-        (set.len() == 1 && set[0].contains("Max-Age=600") && set[0].contains("HttpOnly"))
-            .then_some(())
+        (cookie().await == [expected.as_str()]).then_some(())
     })
     .await;
 }
