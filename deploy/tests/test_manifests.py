@@ -348,7 +348,7 @@ class HelmChart(Manifests):
             one(objects, "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy"
         )
         names = admin_hosts(proxy)
-        service = one(objects, "Service", "shop-stickyroute")["metadata"]["name"]
+        service = one(objects, "Service", "shop-stickyroute-admin")["metadata"]["name"]
         for name in (
             service,
             f"{service}.shop",
@@ -392,10 +392,155 @@ class HelmChart(Manifests):
             {"exampleApp": {"name": "Web_App"}},
             {"proxy": {"maxConnections": 0}},
             {"proxy": {"adminHosts": ["evil example"]}},
+            # Kubernetes refuses externalTrafficPolicy on a ClusterIP Service.
+            {"proxy": {"service": {"externalTrafficPolicy": "Local"}}},
+            {"proxy": {"service": {"type": "ClusterIP", "externalTrafficPolicy": "Cluster"}}},
+            {"proxy": {"tls": {"enabled": True}}},
+            {"proxy": {"tls": {"httpsRedirect": True, "secrets": ["shop-tls"]}}},
+            {"proxy": {"proxyProtocol": True}},
+            {"proxy": {"trustedProxies": ["not an address"]}},
+            {"proxy": {"adminService": {"type": "LoadBalancer"}}},
+            {"agent": {"cookie": {"sameSite": "none", "secure": "never"}}},
+            {"agent": {"cookie": {"secure": "sometimes"}}},
+            {"agent": {"accessLog": {"format": "common"}}},
         ):
             with self.subTest(values=bad):
                 with self.assertRaises(helm.HelmError):
                     render(bad)
+
+
+# Every new option on at once: TLS from two Secrets, a public LoadBalancer keeping client
+# addresses, PROXY protocol, access logs, the agent's cookie attributes.
+EVERYTHING_ON = {
+    "proxy": {
+        "service": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "httpsPort": 8443},
+        "adminService": {"annotations": {"prometheus.io/scrape": "true"}},
+        "tls": {"enabled": True, "secrets": ["shop-tls", "api-tls"], "httpsRedirect": True},
+        "trustedProxies": ["10.0.0.0/8", "fd00::/8"],
+        "proxyProtocol": True,
+        "accessLog": {"enabled": True, "format": "json"},
+    },
+    "agent": {
+        "cookie": {"secure": "always", "sameSite": "none", "httpOnly": True, "maxAge": 3600},
+        "accessLog": {"enabled": True},
+    },
+}
+
+
+def args_of(c, flag):
+    return [a.split("=", 1)[1] for a in c.get("args", []) if a.startswith(flag + "=")]
+
+
+def proxy_of(objects):
+    return container(one(objects, "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy")
+
+
+def agent_of(objects):
+    return container(one(objects, "StatefulSet")["spec"]["template"]["spec"], "stickyroute-agent")
+
+
+class HelmFrontDoor(Manifests):
+    def test_lint_and_kubernetes_validation_pass_with_every_new_option_on_and_off(self):
+        for name, values in (("on", EVERYTHING_ON), ("off", {}), ("file-on", EVERYTHING_ON | {"routeMap": {"source": "file"}})):
+            with self.subTest(options=name):
+                report = helm.lint(str(CHART), values, strict=True, namespace="shop")
+                self.assertEqual(report["errors"], [], report)
+                self.assertEqual([m for m in report["messages"] if m["severity"] > 1], [], report)
+                objects, _ = render(values)
+                self.assert_valid_kubernetes(objects, f"helm {name}")
+                self.assert_restricted(objects, f"helm {name}")
+                self.assert_probes_on_admin_ports(objects, f"helm {name}")
+                self.assert_no_subpath_and_no_checksum(objects, f"helm {name}")
+
+    def test_tls_secrets_are_mounted_as_directories_and_passed_as_pairs(self):
+        objects, _ = render(EVERYTHING_ON)
+        deployment = one(objects, "Deployment")
+        pod = deployment["spec"]["template"]["spec"]
+        proxy = proxy_of(objects)
+        self.assertEqual(args_of(proxy, "--tls-listen"), ["0.0.0.0:8443"])
+        self.assertEqual(
+            args_of(proxy, "--tls-cert"),
+            ["/etc/stickyroute/tls/shop-tls/tls.crt", "/etc/stickyroute/tls/api-tls/tls.crt"],
+        )
+        self.assertEqual(
+            args_of(proxy, "--tls-key"),
+            ["/etc/stickyroute/tls/shop-tls/tls.key", "/etc/stickyroute/tls/api-tls/tls.key"],
+        )
+        self.assertIn("--https-redirect", proxy["args"])
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for secret in ("shop-tls", "api-tls"):
+            volume = next(v for v in volumes.values() if v.get("secret", {}).get("secretName") == secret)
+            mount = next(m for m in proxy["volumeMounts"] if m["name"] == volume["name"])
+            # A directory (no subPath, no items): the kubelet's updates reach the pod.
+            self.assertEqual(mount["mountPath"], f"/etc/stickyroute/tls/{secret}")
+            self.assertNotIn("subPath", mount)
+            self.assertNotIn("items", volume["secret"])
+            self.assertTrue(mount["readOnly"])
+        self.assertIn({"name": "https", "containerPort": 8443, "protocol": "TCP"}, proxy["ports"])
+        service = one(objects, "Service", "shop-stickyroute")
+        self.assertIn({"name": "https", "port": 8443, "targetPort": "https", "protocol": "TCP"}, service["spec"]["ports"])
+
+        objects, _ = render({})
+        proxy = proxy_of(objects)
+        for flag in ("--tls-listen", "--tls-cert", "--tls-key"):
+            self.assertEqual(args_of(proxy, flag), [], flag)
+        self.assertNotIn("--https-redirect", proxy["args"])
+        self.assertNotIn("volumes", one(objects, "Deployment")["spec"]["template"]["spec"])
+        self.assertEqual([p["name"] for p in proxy["ports"]], ["http", "admin"])
+        service = one(objects, "Service", "shop-stickyroute")
+        self.assertEqual([p["name"] for p in service["spec"]["ports"]], ["http"])
+
+    def test_a_redirect_to_a_port_the_service_does_not_expose_is_refused(self):
+        with self.assertRaises(helm.HelmError) as caught:
+            render({"proxy": {"tls": {"enabled": True, "secrets": ["shop-tls"], "httpsRedirect": True}}})
+        self.assertIn("service.httpsPort", str(caught.exception))
+
+    def test_the_admin_port_is_on_a_clusterip_service_even_with_a_load_balancer(self):
+        objects, _ = render(EVERYTHING_ON)
+        traffic = one(objects, "Service", "shop-stickyroute")
+        admin = one(objects, "Service", "shop-stickyroute-admin")
+        self.assertEqual(traffic["spec"]["type"], "LoadBalancer")
+        self.assertEqual(traffic["spec"]["externalTrafficPolicy"], "Local")
+        self.assertNotIn("admin", [p["targetPort"] for p in traffic["spec"]["ports"]])
+        self.assertNotIn(9900, [p["port"] for p in traffic["spec"]["ports"]])
+        self.assertEqual(admin["spec"]["type"], "ClusterIP")
+        self.assertEqual(admin["spec"]["ports"], [{"name": "admin", "port": 9900, "targetPort": "admin", "protocol": "TCP"}])
+        self.assertEqual(admin["metadata"]["annotations"], {"prometheus.io/scrape": "true"})
+        self.assertEqual(admin["spec"]["selector"], one(objects, "Deployment")["spec"]["selector"]["matchLabels"])
+        # The probes and the balancer-manager's names follow the admin port and Service.
+        proxy = proxy_of(objects)
+        self.assertEqual(port_number(proxy, admin["spec"]["ports"][0]["targetPort"]), 9900)
+        self.assertIn("shop-stickyroute-admin.shop.svc.cluster.local", admin_hosts(proxy))
+        objects, _ = render({})
+        self.assertNotIn("externalTrafficPolicy", one(objects, "Service", "shop-stickyroute")["spec"])
+
+    def test_proxy_protocol_trusted_proxies_and_access_log_flags(self):
+        objects, _ = render(EVERYTHING_ON)
+        proxy = proxy_of(objects)
+        self.assertEqual(args_of(proxy, "--trusted-proxy"), ["10.0.0.0/8", "fd00::/8"])
+        self.assertIn("--proxy-protocol", proxy["args"])
+        self.assertEqual(args_of(proxy, "--access-log"), ["-"])
+        self.assertEqual(args_of(proxy, "--access-log-format"), ["json"])
+        agent = agent_of(objects)
+        self.assertEqual(args_of(agent, "--access-log"), ["-"])
+        self.assertEqual(args_of(agent, "--access-log-format"), ["combined"])
+        objects, _ = render({})
+        proxy = proxy_of(objects)
+        for flag in ("--trusted-proxy", "--access-log", "--access-log-format"):
+            self.assertEqual(args_of(proxy, flag), [], flag)
+        self.assertNotIn("--proxy-protocol", proxy["args"])
+
+    def test_the_agent_cookie_flags(self):
+        agent = agent_of(render(EVERYTHING_ON)[0])
+        self.assertEqual(args_of(agent, "--cookie-secure"), ["always"])
+        self.assertEqual(args_of(agent, "--cookie-samesite"), ["none"])
+        self.assertIn("--cookie-httponly", agent["args"])
+        self.assertEqual(args_of(agent, "--cookie-max-age"), ["3600"])
+        agent = agent_of(render({})[0])
+        self.assertEqual(args_of(agent, "--cookie-secure"), ["auto"])
+        for flag in ("--cookie-samesite", "--cookie-max-age", "--access-log"):
+            self.assertEqual(args_of(agent, flag), [], flag)
+        self.assertNotIn("--cookie-httponly", agent["args"])
 
 
 class ReadmeSnippet(Manifests):

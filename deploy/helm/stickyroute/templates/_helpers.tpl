@@ -17,6 +17,11 @@
 {{- end }}
 {{- end }}
 
+{{/* The admin Service's name: the fullname with -admin, within 63 characters. */}}
+{{- define "stickyroute.adminServiceName" -}}
+{{- printf "%s-admin" (include "stickyroute.fullname" . | trunc 57 | trimSuffix "-") }}
+{{- end }}
+
 {{- define "stickyroute.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -79,6 +84,50 @@ helm.sh/chart: {{ include "stickyroute.chart" .ctx }}
 - name: routemap
   mountPath: /etc/stickyroute/routemap
   readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* Where the TLS Secret NAME is mounted. */}}
+{{- define "stickyroute.tlsDir" -}}
+/etc/stickyroute/tls/{{ . }}
+{{- end }}
+
+{{/* Each TLS Secret as a directory. Never subPath, and never the files as environment
+     variables: the kubelet updates neither, and a renewed certificate would not arrive. */}}
+{{- define "stickyroute.tlsVolumes" -}}
+{{- if .Values.proxy.tls.enabled }}
+{{- range $i, $secret := .Values.proxy.tls.secrets }}
+- name: tls-{{ $i }}
+  secret:
+    secretName: {{ $secret }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "stickyroute.tlsVolumeMounts" -}}
+{{- if .Values.proxy.tls.enabled }}
+{{- range $i, $secret := .Values.proxy.tls.secrets }}
+- name: tls-{{ $i }}
+  mountPath: {{ include "stickyroute.tlsDir" $secret }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* What the schema cannot say: it compares no two values. */}}
+{{- define "stickyroute.checkTls" -}}
+{{- with .Values.proxy }}
+{{- if and .tls.enabled .tls.httpsRedirect (ne (int .service.httpsPort) (int .tls.port)) }}
+{{- fail (printf "proxy.tls.httpsRedirect: the proxy redirects to its TLS listener's port %v, which the Service does not expose (service.httpsPort is %v); set service.httpsPort to %v, or redirect in front of the proxy" .tls.port .service.httpsPort .tls.port) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* --access-log to standard output, for a proxy.accessLog or agent.accessLog value. */}}
+{{- define "stickyroute.accessLogArgs" -}}
+{{- if .enabled }}
+- --access-log=-
+- --access-log-format={{ .format }}
 {{- end }}
 {{- end }}
 
@@ -149,6 +198,19 @@ automountServiceAccountToken: false
     {{- if or $.Values.agent.trackAll .trackAll }}
     - --track-all
     {{- end }}
+    {{- with $.Values.agent.cookie }}
+    - --cookie-secure={{ .secure }}
+    {{- with .sameSite }}
+    - --cookie-samesite={{ . }}
+    {{- end }}
+    {{- if .httpOnly }}
+    - --cookie-httponly
+    {{- end }}
+    {{- if not (kindIs "invalid" .maxAge) }}
+    - --cookie-max-age={{ .maxAge }}
+    {{- end }}
+    {{- end }}
+    {{- include "stickyroute.accessLogArgs" $.Values.agent.accessLog | trim | nindent 4 }}
     - --log-format=json
     {{- range $.Values.agent.extraArgs }}
     - {{ . | quote }}
