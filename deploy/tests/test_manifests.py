@@ -25,6 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "stickyroute"
 OVERLAY = ROOT / "deploy" / "kustomize" / "overlays" / "example"
 BASE = ROOT / "deploy" / "kustomize" / "base"
+TLS_OVERLAY = ROOT / "deploy" / "kustomize" / "overlays" / "tls"
 KUBERNETES_VERSION = "1.32.0"
 ROUTEMAP_CLI = ROOT / "target" / "debug" / "routemap"
 
@@ -590,7 +591,7 @@ class Kustomize(Manifests):
         proxy = container(
             one(objects, "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy"
         )
-        service = one(objects, "Service")["metadata"]["name"]
+        service = one(objects, "Service", "stickyroute-proxy-admin")["metadata"]["name"]
         names = admin_hosts(proxy)
         for name in (service, f"{service}.$(POD_NAMESPACE)", f"{service}.$(POD_NAMESPACE).svc"):
             self.assertIn(name, names)
@@ -611,6 +612,31 @@ class Kustomize(Manifests):
         keys = [l.split()[0] for l in (OVERLAY / "routemap").read_text().splitlines() if l.split() and not l.startswith("#")]
         replicas = one(objects, "StatefulSet")["spec"]["replicas"]
         self.assertEqual(keys, [f"web-{i}" for i in range(replicas)])
+
+    def test_the_tls_overlay_mounts_the_secret_as_a_directory_and_keeps_admin_inside(self):
+        objects = kustomize(TLS_OVERLAY)
+        self.assert_valid_kubernetes(objects, "kustomize tls")
+        self.assert_restricted(objects, "kustomize tls")
+        self.assert_no_subpath_and_no_checksum(objects, "kustomize tls")
+        pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+        proxy = container(pod, "stickyroute-proxy")
+        self.assertEqual(args_of(proxy, "--tls-listen"), ["0.0.0.0:8443"])
+        self.assertEqual(args_of(proxy, "--tls-cert"), ["/etc/stickyroute/tls/stickyroute-tls/tls.crt"])
+        self.assertEqual(args_of(proxy, "--tls-key"), ["/etc/stickyroute/tls/stickyroute-tls/tls.key"])
+        volume = next(v for v in pod["volumes"] if v["name"] == "tls")
+        self.assertEqual(volume["secret"], {"secretName": "stickyroute-tls"})
+        mount = next(m for m in proxy["volumeMounts"] if m["name"] == "tls")
+        self.assertEqual(mount["mountPath"], "/etc/stickyroute/tls/stickyroute-tls")
+        traffic = one(objects, "Service", "stickyroute-proxy")
+        self.assertEqual(traffic["spec"]["type"], "LoadBalancer")
+        self.assertEqual(traffic["spec"]["externalTrafficPolicy"], "Local")
+        self.assertEqual(sorted(p["name"] for p in traffic["spec"]["ports"]), ["http", "https"])
+        admin = one(objects, "Service", "stickyroute-proxy-admin")
+        self.assertEqual(admin["spec"]["type"], "ClusterIP")
+        self.assertEqual([p["name"] for p in admin["spec"]["ports"]], ["admin"])
+        # Without the component: no TLS at all.
+        proxy = container(one(kustomize(OVERLAY), "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy")
+        self.assertEqual(args_of(proxy, "--tls-listen"), [])
 
 
 if __name__ == "__main__":
