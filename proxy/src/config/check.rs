@@ -64,6 +64,8 @@ pub fn run(settings: &Settings) -> ExitCode {
 fn expiry(not_after: i64) -> String {
     u64::try_from(not_after).map_or_else(
         |_| not_after.to_string(),
-        |secs| humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string(),
+        |secs| {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+        },
     )
 }

@@ -264,15 +264,20 @@ impl TlsSettings {
 
     /// Loads the certificates: what the proxy serves with, or why it cannot start. The
     /// error names the setting and the file.
-    pub fn load(
-        &self,
-        layered: &Layered<ProxyOptions>,
-    ) -> Result<TlsServer, SettingsError> {
+    pub fn load(&self, layered: &Layered<ProxyOptions>) -> Result<TlsServer, SettingsError> {
         TlsServer::new(&self.pairs, self.handshake_timeout).map_err(|e| {
+            let is_key = |path: &String| {
+                self.pairs
+                    .iter()
+                    .any(|p| p.key.display().to_string() == *path)
+            };
             let key = match &e {
                 TlsError::Certificate(CertError::NoKey { .. } | CertError::BadKey { .. }) => {
                     "tls_key"
                 }
+                TlsError::Certificate(
+                    CertError::Read { path, .. } | CertError::TooLarge { path },
+                ) if is_key(path) => "tls_key",
                 _ => "tls_cert",
             };
             layered.invalid(key, e.to_string())

@@ -20,6 +20,7 @@ pub mod listeners;
 pub mod stats;
 
 use crate::body::Body;
+use crate::tls::{TlsInfo, TlsServer};
 use admission::Admission;
 use client_io::ClientIo;
 use connection::{Close, ConnState, Tracked};
@@ -29,7 +30,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use stats::Silence;
-use crate::tls::{TlsInfo, TlsServer};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;

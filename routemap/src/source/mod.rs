@@ -15,9 +15,9 @@ pub mod watch;
 #[cfg(feature = "kubernetes")]
 pub use configmap::ConfigMapSource;
 pub use file::{FileSource, read_map_file};
-pub use watch::{DEFAULT_DEBOUNCE, FileWatchOptions, PathWatch, read_regular_file};
 pub use fixed::FixedSource;
 pub use location::{ConfigMapRef, DEFAULT_CONFIGMAP_KEY, MapLocation, StartError, start};
+pub use watch::{DEFAULT_DEBOUNCE, FileWatchOptions, PathWatch, read_regular_file};
 
 use crate::live::{Live, Publisher};
 use std::future::Future;

@@ -307,7 +307,9 @@ pub fn read_regular_file(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
         ));
     }
     let mut bytes = Vec::new();
-    file.by_ref().take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    file.by_ref()
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
