@@ -15,6 +15,8 @@ use stickyroute_relay::clock::now_ms;
 use stickyroute_relay::process::lifecycle::Lifecycle;
 use stickyroute_relay::serve::stats::ServeStats;
 use stickyroute_relay::serve::{ConnInfo, Handler};
+use stickyroute_relay::tls::TlsServer;
+use stickyroute_relay::tls::certs::CertStatus;
 
 pub struct ProxyAdmin {
     pub settings: Arc<Settings>,
@@ -28,6 +30,8 @@ pub struct ProxyAdmin {
     /// The admin listener's and the traffic listeners' connection counters.
     pub admin_stats: Arc<ServeStats>,
     pub traffic_stats: Arc<ServeStats>,
+    /// TLS termination, when configured: its certificates and handshake counters.
+    pub tls: Option<Arc<TlsServer>>,
 }
 
 #[derive(Serialize)]
@@ -37,6 +41,16 @@ struct Status {
     map: MapStatus,
     members: Vec<MemberInfo>,
     draining: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<TlsStatus>,
+}
+
+/// TLS as `/status` shows it: every configured pair, with the error of files that hold
+/// something invalid now (the previous pair is still served then).
+#[derive(Serialize)]
+struct TlsStatus {
+    handshake_timeout_seconds: f64,
+    certificates: Vec<CertStatus>,
 }
 
 /// The balancer's settings, as shown in `/status` and the balancer-manager.
@@ -119,6 +133,10 @@ impl ProxyAdmin {
             map: self.live.status(),
             members,
             draining: self.lifecycle.is_draining(),
+            tls: self.tls.as_ref().map(|tls| TlsStatus {
+                handshake_timeout_seconds: tls.handshake_timeout().as_secs_f64(),
+                certificates: tls.certs().status(),
+            }),
         }
     }
 
@@ -165,6 +183,9 @@ impl Handler for ProxyAdmin {
                     self.lifecycle.is_draining(),
                 );
                 admin::serve_metrics(&mut text, &self.traffic_stats, &self.admin_stats);
+                if let Some(tls) = &self.tls {
+                    tls.render(&mut text);
+                }
                 admin::metrics(text)
             }
             "/status" => body::json(StatusCode::OK, &self.status()),

@@ -43,6 +43,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     /// The traffic listener's counters (client faults are counted there).
     pub stats: Arc<ServeStats>,
+    /// With `--https-redirect`: the port plain requests are redirected to.
+    pub https_redirect: Option<u16>,
 }
 
 /// The member chosen for a request, and whether it may be replaced after a failed
@@ -300,6 +302,9 @@ fn error_response(error: &ForwardError) -> Response<Body> {
 
 impl Handler for Proxy {
     async fn handle(&self, mut request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        if let (Some(port), None) = (self.https_redirect, &conn.tls) {
+            return crate::redirect::to_https(&request, &conn, port);
+        }
         if let Some(answer) = request::admit_or_answer(&mut request, &self.stats, conn.remote) {
             return answer;
         }

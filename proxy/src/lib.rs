@@ -9,6 +9,7 @@
 //! - [`balancer`]: the live table, following map changes and DNS.
 //! - [`balance`]: Apache's byrequests and bybusyness.
 //! - [`health`]: active health checks.
+//! - [`redirect`]: `--https-redirect`'s 308 to the https URL.
 //! - [`handler`]: the request path; [`admin`] and [`metrics`]: what operators see.
 //! - [`manager`]: the balancer-manager page and API (see and steer members at runtime).
 //! - [`import_apache`]: translating an Apache mod_proxy_balancer configuration.
@@ -25,6 +26,7 @@ pub mod import_apache;
 pub mod manager;
 pub mod member;
 pub mod metrics;
+pub mod redirect;
 pub mod server;
 pub mod sticky;
 pub mod table;

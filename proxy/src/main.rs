@@ -35,7 +35,11 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     }
     run_main(|controls| async move {
-        let listeners = Listeners::bind(&settings.listen, settings.workers, settings.admin_listen)?;
+        let mut listeners =
+            Listeners::bind(&settings.listen, settings.workers, settings.admin_listen)?;
+        if let Some(tls) = &settings.tls {
+            listeners.bind_tls(&tls.listen)?;
+        }
         server::run(settings, listeners, controls).await
     })
 }

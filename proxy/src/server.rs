@@ -21,6 +21,7 @@ use stickyroute_relay::serve::listeners::Listeners;
 use stickyroute_relay::serve::serve;
 use stickyroute_relay::serve::stats::ServeStats;
 use stickyroute_relay::settings::{Changes, Layered, SettingsError};
+use stickyroute_relay::tls::TlsServer;
 use stickyroute_relay::upstream::forward::Upstreams;
 
 /// The variable holding balancer-manager tokens (`NAME:SECRET`, comma-separated): a secret,
@@ -38,9 +39,29 @@ pub fn settings(argv: &[std::ffi::OsString]) -> Result<Settings, SettingsError> 
 /// within the grace period.
 pub async fn run(
     settings: Settings,
-    listeners: Listeners,
+    mut listeners: Listeners,
     controls: Controls,
 ) -> anyhow::Result<bool> {
+    // The certificates first: a proxy that cannot serve TLS as configured does not start.
+    let tls = match &settings.tls {
+        Some(config) => {
+            let server = Arc::new(config.load(&settings.source)?);
+            if listeners.tls_addrs().is_empty() {
+                listeners.bind_tls(&config.listen)?;
+            }
+            Some(server)
+        }
+        None => None,
+    };
+    let tls_bound = listeners.tls_addrs();
+    // Redirects name the first TLS listener's port as bound (a test binds port 0).
+    let https_redirect = settings
+        .https_redirect
+        .then(|| tls_bound.first().map(|a| a.port()))
+        .flatten();
+    let follower = tls
+        .as_ref()
+        .map(|tls| tokio::spawn(tls.follow(settings.routemap_debounce)));
     let open_files = raise_open_file_limit();
     let max_connections = fit_to_descriptors(settings.max_connections, open_files);
     let settings = Arc::new(settings);
@@ -75,11 +96,13 @@ pub async fn run(
         .iter()
         .map(ToString::to_string)
         .collect();
+    let tls_lists = listeners.take_tls();
     let (traffic, admin_listener) = listeners.into_parts()?;
     {
         let routing = settings.routing.load();
         tracing::info!(
             listen = %bound.join(","),
+            tls_listen = %tls_bound.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
             admin = %admin_listener.local_addr()?,
             workers = settings.workers,
             routemap = %settings.routemap,
@@ -103,6 +126,7 @@ pub async fn run(
         nonce: Nonce::random(),
         admin_stats: admin_stats.clone(),
         traffic_stats: traffic_stats.clone(),
+        tls: tls.clone(),
     };
     let grace = settings.shutdown.grace;
     let admin_task = tokio::spawn(serve(
@@ -115,8 +139,9 @@ pub async fn run(
     ));
     // Each worker gets its own member connection pool, on its own event loop.
     let (shared, tunnels, stats) = (settings.clone(), lifecycle.tunnels(), traffic_stats.clone());
-    let servers = workers::spawn(
+    let servers = workers::spawn_with_tls(
         traffic,
+        tls.clone().map(|tls| (tls_lists, tls)),
         move |_| {
             Arc::new(Proxy {
                 settings: shared.clone(),
@@ -124,6 +149,7 @@ pub async fn run(
                 upstreams: Upstreams::new(shared.upstream, tunnels.clone()),
                 metrics: metrics.clone(),
                 stats: stats.clone(),
+                https_redirect,
             })
         },
         settings.limits,
@@ -132,23 +158,36 @@ pub async fn run(
         grace,
     )?;
     let mut last_read = settings.source.clone();
-    Ok(lifecycle
+    let drained = lifecycle
         .run_until_shutdown(
             settings.shutdown,
             servers,
             Some(admin_task),
             controls,
-            || reload(&settings, &map, &mut last_read),
+            || reload(&settings, &map, tls.as_deref(), &mut last_read),
         )
-        .await)
+        .await;
+    if let Some(follower) = follower {
+        follower.abort();
+    }
+    Ok(drained)
 }
 
-/// SIGHUP: the map is read again, and so are the configuration and the token file; the
-/// routing, balancer-manager access and log level settings are applied at once, and any
-/// other change is logged as needing a restart. An invalid configuration changes nothing.
-fn reload(running: &Settings, map: &FollowedMap, last_read: &mut Layered<ProxyOptions>) {
+/// SIGHUP: the map and the TLS certificate files are read again, and so are the
+/// configuration and the token file; the routing, balancer-manager access and log level
+/// settings are applied at once, and any other change is logged as needing a restart. An
+/// invalid configuration changes nothing.
+fn reload(
+    running: &Settings,
+    map: &FollowedMap,
+    tls: Option<&TlsServer>,
+    last_read: &mut Layered<ProxyOptions>,
+) {
     tracing::info!(routemap = %running.routemap, "reload: reading the route map and the configuration again");
     map.reread();
+    if let Some(tls) = tls {
+        tls.reread();
+    }
     // The token variable as the process was given it (see `TokenVariable`).
     let read = match config::read(&running.source.argv)
         .and_then(|layered| Settings::with_token(layered, running.admin_token.clone()))

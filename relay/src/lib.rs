@@ -3,7 +3,8 @@
 //!
 //! - The serving side: [`serve`] (the accept loop: HTTP/1.1 and HTTP/2 on one port, the
 //!   connection limit, deadlines for silent and slow clients, graceful connection
-//!   shutdown, the listeners bound before a server starts) and [`request`] (what a request
+//!   shutdown, the listeners bound before a server starts), [`tls`] (TLS termination,
+//!   certificates picked by SNI and followed live) and [`request`] (what a request
 //!   must be before any of it is forwarded).
 //! - The upstream client: [`upstream`] (one request to an upstream over a per-worker
 //!   keep-alive pool, protocol upgrades tunnelled; heads, chunked bodies, connections) and
@@ -34,5 +35,6 @@ pub mod request;
 pub mod serve;
 pub mod settings;
 pub mod stall;
+pub mod tls;
 pub mod upstream;
 pub mod urlencoded;

@@ -127,12 +127,12 @@ fn environment_as_flags(args: &[String], env: &[(String, String)]) -> Vec<String
 }
 
 /// Starts `binary`'s library with the command line `args` and the environment `env` given
-/// as flags; returns the runner and the traffic and admin addresses as bound.
+/// as flags; returns the runner and the traffic, admin and first TLS addresses as bound.
 pub fn start(
     binary: &str,
     args: &[String],
     env: &[(String, String)],
-) -> (Runner, SocketAddr, SocketAddr) {
+) -> (Runner, SocketAddr, SocketAddr, Option<SocketAddr>) {
     let mut argv: Vec<std::ffi::OsString> = vec![binary.into()];
     argv.extend(args.iter().map(Into::into));
     argv.extend(environment_as_flags(args, env).into_iter().map(Into::into));
@@ -150,9 +150,14 @@ pub fn start(
             let settings = stickyroute_proxy::config::read(&argv)
                 .and_then(|layered| stickyroute_proxy::config::Settings::new(layered, token))
                 .unwrap_or_else(|e| panic!("{binary} {args:?}: {e}"));
-            let listeners =
+            let mut listeners =
                 Listeners::bind(&settings.listen, settings.workers, settings.admin_listen)
                     .unwrap_or_else(|e| panic!("{binary}: {e}"));
+            if let Some(tls) = &settings.tls {
+                listeners
+                    .bind_tls(&tls.listen)
+                    .unwrap_or_else(|e| panic!("{binary}: {e}"));
+            }
             let run: Box<dyn FnOnce(Listeners) -> Serve + Send> = Box::new(move |listeners| {
                 Box::pin(stickyroute_proxy::server::run(
                     settings, listeners, controls,
@@ -177,6 +182,7 @@ pub fn start(
         other => panic!("no library for {other}"),
     };
     let addr = listeners.traffic_addrs()[0];
+    let tls = listeners.tls_addrs().first().copied();
     let admin = listeners.admin_addr().expect("admin address");
     let name = binary.to_owned();
     let thread = std::thread::Builder::new()
@@ -196,7 +202,7 @@ pub fn start(
         controls: tx,
         thread: Mutex::new(Some(thread)),
     });
-    (runner, addr, admin)
+    (runner, addr, admin, tls)
 }
 
 type Serve = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<bool>>>>;

@@ -12,10 +12,10 @@ use std::io;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-/// A mounted-ConfigMap directory holding one key.
+/// A mounted-ConfigMap (or Secret) directory: its keys are fixed when it is created.
 pub struct ConfigMapDir {
     dir: PathBuf,
-    key: String,
+    keys: Vec<String>,
     version: u32,
     current: Option<String>,
 }
@@ -23,32 +23,53 @@ pub struct ConfigMapDir {
 impl ConfigMapDir {
     /// Lays out the first version, as the kubelet does when the pod starts.
     pub fn create(dir: &Path, key: &str, content: &str) -> io::Result<Self> {
+        Self::create_keys(dir, &[(key, content)])
+    }
+
+    /// Like [`ConfigMapDir::create`] with several keys (a TLS Secret's `tls.crt` and
+    /// `tls.key`, say), updated together.
+    pub fn create_keys(dir: &Path, files: &[(&str, &str)]) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mut this = Self {
             dir: dir.to_owned(),
-            key: key.to_owned(),
+            keys: files.iter().map(|(key, _)| (*key).to_owned()).collect(),
             version: 0,
             current: None,
         };
-        this.update(content)?;
-        symlink(Path::new("..data").join(key), dir.join(key))?;
+        this.update_keys(files)?;
+        for key in &this.keys {
+            symlink(Path::new("..data").join(key), dir.join(key))?;
+        }
         Ok(this)
     }
 
-    /// The path the application reads: the visible symlink.
+    /// The path the application reads: the visible symlink (of the first key).
     pub fn path(&self) -> PathBuf {
-        self.dir.join(&self.key)
+        self.key_path(&self.keys[0])
+    }
+
+    /// The visible symlink of `key`.
+    pub fn key_path(&self, key: &str) -> PathBuf {
+        self.dir.join(key)
+    }
+
+    /// One AtomicWriter update of the first key.
+    pub fn update(&mut self, content: &str) -> io::Result<()> {
+        let key = self.keys[0].clone();
+        self.update_keys(&[(&key, content)])
     }
 
     /// One AtomicWriter update: new timestamped directory, `..data_tmp` symlink renamed over
-    /// `..data`, old directory removed. The visible symlink is not touched.
-    pub fn update(&mut self, content: &str) -> io::Result<()> {
+    /// `..data`, old directory removed. The visible symlinks are not touched.
+    pub fn update_keys(&mut self, files: &[(&str, &str)]) -> io::Result<()> {
         self.version += 1;
         let stamp = format!("..2026_11_24_10_00_00.{:09}", self.version);
         // 1. the new files go into a new hidden timestamped directory
         let new_dir = self.dir.join(&stamp);
         std::fs::create_dir(&new_dir)?;
-        std::fs::write(new_dir.join(&self.key), content)?;
+        for (key, content) in files {
+            std::fs::write(new_dir.join(key), content)?;
+        }
         // 2. a `..data_tmp` symlink points at it
         let tmp = self.dir.join("..data_tmp");
         symlink(&stamp, &tmp)?;

@@ -13,6 +13,8 @@ pub struct Server {
     pub process: Runner,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The first TLS traffic address, for a proxy with `--tls-listen` started in-process.
+    pub tls: Option<SocketAddr>,
 }
 
 /// Declares the handle of one server binary: a newtype over [`Server`] (its fields through
@@ -78,11 +80,13 @@ impl<T: From<Server>> ServerBuilder<T> {
 
     /// Starts the server in this process, through its library's `run`.
     pub fn start(self) -> T {
-        let (process, addr, admin) = crate::in_process::start(self.binary, &self.args, &self.env);
+        let (process, addr, admin, tls) =
+            crate::in_process::start(self.binary, &self.args, &self.env);
         T::from(Server {
             process,
             addr,
             admin,
+            tls,
         })
     }
 
@@ -103,6 +107,7 @@ impl<T: From<Server>> ServerBuilder<T> {
             process: Runner::Process(process),
             addr,
             admin,
+            tls: None,
         })
     }
 }

@@ -7,7 +7,7 @@ mod options;
 
 pub use options::{
     AccessOptions, Command, HealthOptions, LbMethod, ManagerOptions, MemberOptions, ProxyOptions,
-    RoutingOptions, UnknownRoute, reloadable,
+    RoutingOptions, TlsOptions, UnknownRoute, reloadable,
 };
 
 use crate::manager::access::{Access, Cidr, TokenVariable, load_tokens};
@@ -24,6 +24,8 @@ use stickyroute_relay::process::logging::LogFilter;
 use stickyroute_relay::serve::ServerLimits;
 use stickyroute_relay::settings::shared::LogFormat;
 use stickyroute_relay::settings::{Layered, SettingsError, load};
+use stickyroute_relay::tls::certs::{CertError, CertPair};
+use stickyroute_relay::tls::{TlsError, TlsServer};
 use stickyroute_relay::upstream::forward::UpstreamTimeouts;
 
 /// The proxy's defaults for shared settings whose defaults differ between the binaries.
@@ -50,6 +52,16 @@ pub struct Routing {
     pub failonstatus: Vec<StatusCode>,
 }
 
+/// TLS termination, validated (the certificate files are read when the proxy starts, and
+/// by `--check-config`).
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub listen: Vec<SocketAddr>,
+    /// The first is the default certificate.
+    pub pairs: Vec<CertPair>,
+    pub handshake_timeout: Duration,
+}
+
 /// Who may use the balancer-manager, validated: what a reload may replace. The page's
 /// nonce is not in here: it is the process's, and outlives every reload.
 #[derive(Debug)]
@@ -63,6 +75,10 @@ pub struct ManagerAccess {
 #[derive(Debug)]
 pub struct Settings {
     pub listen: Vec<SocketAddr>,
+    /// `None` without `--tls-listen`.
+    pub tls: Option<TlsSettings>,
+    /// Plain traffic listeners answer 308 to the https URL.
+    pub https_redirect: bool,
     pub routemap: MapLocation,
     pub routemap_debounce: Duration,
     pub member_port: u16,
@@ -145,8 +161,17 @@ impl Settings {
             })
         });
         let upstream = options.upstream.timeouts();
+        let tls = TlsSettings::new(&layered)?;
+        if options.tls.https_redirect && tls.is_none() {
+            return Err(bad(
+                "https_redirect",
+                "redirects to https need a TLS listener (--tls-listen)".to_owned(),
+            ));
+        }
         Ok(Settings {
             listen: options.listen.clone(),
+            tls,
+            https_redirect: options.tls.https_redirect,
             routemap,
             routemap_debounce: options.map.routemap_debounce.get(),
             member_port: options.members.member_port,
@@ -167,6 +192,95 @@ impl Settings {
             log_level: options.log_level.filter(&layered)?,
             shutdown: options.shutdown.timing(),
             source: layered,
+        })
+    }
+}
+
+impl TlsSettings {
+    fn new(layered: &Layered<ProxyOptions>) -> Result<Option<TlsSettings>, SettingsError> {
+        let options = &layered.options.tls;
+        let bad = |key: &str, message: String| layered.invalid(key, message);
+        if options.tls_cert.len() != options.tls_key.len() {
+            let key = if options.tls_cert.len() > options.tls_key.len() {
+                "tls_key"
+            } else {
+                "tls_cert"
+            };
+            return Err(bad(
+                key,
+                format!(
+                    "{} --tls-cert and {} --tls-key given; each certificate needs its key, in the same order",
+                    options.tls_cert.len(),
+                    options.tls_key.len()
+                ),
+            ));
+        }
+        if options.tls_listen.is_empty() {
+            if !options.tls_cert.is_empty() {
+                return Err(bad(
+                    "tls_cert",
+                    "certificates are served on a TLS listener: give --tls-listen too".to_owned(),
+                ));
+            }
+            return Ok(None);
+        }
+        if options.tls_cert.is_empty() {
+            return Err(bad(
+                "tls_listen",
+                "a TLS listener needs a certificate: give --tls-cert and --tls-key".to_owned(),
+            ));
+        }
+        if let Some(both) = options
+            .tls_listen
+            .iter()
+            .find(|addr| addr.port() != 0 && layered.options.listen.contains(addr))
+        {
+            return Err(bad(
+                "tls_listen",
+                format!("{both} is also a plain --listen address"),
+            ));
+        }
+        let timeout = options.tls_handshake_timeout.get();
+        if timeout.is_zero() {
+            return Err(bad(
+                "tls_handshake_timeout",
+                "must be more than 0s".to_owned(),
+            ));
+        }
+        Ok(Some(TlsSettings {
+            listen: options.tls_listen.clone(),
+            pairs: options
+                .tls_cert
+                .iter()
+                .zip(&options.tls_key)
+                .map(|(cert, key)| CertPair {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })
+                .collect(),
+            handshake_timeout: timeout,
+        }))
+    }
+
+    /// Loads the certificates: what the proxy serves with, or why it cannot start. The
+    /// error names the setting and the file.
+    pub fn load(&self, layered: &Layered<ProxyOptions>) -> Result<TlsServer, SettingsError> {
+        TlsServer::new(&self.pairs, self.handshake_timeout).map_err(|e| {
+            let is_key = |path: &String| {
+                self.pairs
+                    .iter()
+                    .any(|p| p.key.display().to_string() == *path)
+            };
+            let key = match &e {
+                TlsError::Certificate(CertError::NoKey { .. } | CertError::BadKey { .. }) => {
+                    "tls_key"
+                }
+                TlsError::Certificate(
+                    CertError::Read { path, .. } | CertError::TooLarge { path },
+                ) if is_key(path) => "tls_key",
+                _ => "tls_cert",
+            };
+            layered.invalid(key, e.to_string())
         })
     }
 }

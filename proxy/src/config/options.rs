@@ -29,6 +29,7 @@ pub const HEALTH_RISE: u32 = 2;
 pub const HEALTH_FALL: u32 = 3;
 pub const DNS_REFRESH: Span = Span::from_secs(30);
 pub const AGENT_POLL_INTERVAL: Span = Span::from_secs(10);
+pub const TLS_HANDSHAKE_TIMEOUT: Span = Span::from_secs(10);
 
 /// How new sessions are spread over members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -100,6 +101,8 @@ pub struct ProxyOptions {
     pub log_format: LogFormatOptions,
     #[command(flatten)]
     pub shutdown: ShutdownOptions,
+    #[command(flatten)]
+    pub tls: TlsOptions,
     // The groups a reload applies, last: each one's help heading carries over to the
     // groups after it.
     #[command(flatten)]
@@ -118,6 +121,35 @@ pub fn reloadable() -> BTreeSet<String> {
     keys.extend(keys_of::<AccessOptions>());
     keys.extend(keys_of::<LogLevelOptions>());
     keys
+}
+
+/// TLS termination: the listeners are bound and the configuration built once, so these
+/// need a restart; the certificate files' contents are followed live (and read again on
+/// reload).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "TLS")]
+pub struct TlsOptions {
+    /// Address to accept TLS client traffic on; repeatable. Needs --tls-cert and --tls-key.
+    #[arg(long, value_delimiter = ',', value_name = "ADDR")]
+    pub tls_listen: Vec<SocketAddr>,
+    /// A PEM certificate file (the server's certificate first, then its chain);
+    /// repeatable, each paired with the --tls-key in the same position. The certificate
+    /// for a connection is picked by SNI from each certificate's DNS names; the first pair
+    /// is the default. Followed live: a renewed file is served without a restart.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Vec<PathBuf>,
+    /// The PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) of the --tls-cert in the same
+    /// position; repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Vec<PathBuf>,
+    /// Time a client has after connecting to complete its TLS handshake.
+    #[arg(long, default_value_t = TLS_HANDSHAKE_TIMEOUT, value_name = "DURATION")]
+    pub tls_handshake_timeout: Span,
+    /// Answer every request on the plain --listen addresses with a 308 redirect to the
+    /// same URL on https (the first --tls-listen's port). The admin listener never
+    /// redirects.
+    #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub https_redirect: bool,
 }
 
 /// How map entries become member addresses.

@@ -5,7 +5,8 @@
 //! Shared state (the member table, the map, counters) stays shared through `Arc`s.
 
 use crate::serve::admission::Admission;
-use crate::serve::{Handler, ServerLimits, serve};
+use crate::serve::{Handler, ServerLimits, serve, serve_tls};
+use crate::tls::TlsServer;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,9 +76,33 @@ where
     H: Handler,
     F: Fn(usize) -> Arc<H> + Send + Sync + 'static,
 {
+    spawn_with_tls(listeners, None, make, limits, admission, stop, grace)
+}
+
+/// [`spawn`], with each worker also serving its list of TLS listeners (from `tls`: the
+/// lists, one per worker, and the TLS configuration they share) with the same handler.
+pub fn spawn_with_tls<H, F>(
+    listeners: Vec<Vec<std::net::TcpListener>>,
+    tls: Option<(Vec<Vec<std::net::TcpListener>>, Arc<TlsServer>)>,
+    make: F,
+    limits: ServerLimits,
+    admission: Arc<Admission>,
+    stop: CancellationToken,
+    grace: Duration,
+) -> std::io::Result<Vec<oneshot::Receiver<bool>>>
+where
+    H: Handler,
+    F: Fn(usize) -> Arc<H> + Send + Sync + 'static,
+{
     let make = Arc::new(make);
     let mut done = Vec::new();
+    let (mut tls_lists, tls) = match tls {
+        Some((lists, tls)) => (lists.into_iter(), Some(tls)),
+        None => (Vec::new().into_iter(), None),
+    };
     for (index, listeners) in listeners.into_iter().enumerate() {
+        let tls_listeners = tls_lists.next().unwrap_or_default();
+        let tls = tls.clone();
         let (tx, rx) = oneshot::channel();
         let (make, stop, admission) = (make.clone(), stop.clone(), admission.clone());
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -105,6 +130,23 @@ where
                             ))),
                             Err(error) => {
                                 tracing::error!(%error, worker = index, "cannot use a listener")
+                            }
+                        }
+                    }
+                    for listener in tls_listeners {
+                        let Some(tls) = tls.clone() else { break };
+                        match tokio::net::TcpListener::from_std(listener) {
+                            Ok(listener) => servers.push(tokio::spawn(serve_tls(
+                                listener,
+                                handler.clone(),
+                                limits,
+                                admission.clone(),
+                                stop.clone(),
+                                grace,
+                                tls,
+                            ))),
+                            Err(error) => {
+                                tracing::error!(%error, worker = index, "cannot use a TLS listener")
                             }
                         }
                     }

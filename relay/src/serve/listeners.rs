@@ -3,11 +3,13 @@
 
 use std::net::SocketAddr;
 
-/// The traffic listeners (one list per worker, see [`crate::process::workers::bind_for_workers`])
+/// The traffic listeners (one list per worker, see [`crate::process::workers::bind_for_workers`]),
+/// the TLS traffic listeners (likewise; none unless [`Listeners::bind_tls`] was called)
 /// and the admin listener.
 #[derive(Debug)]
 pub struct Listeners {
     pub traffic: Vec<Vec<std::net::TcpListener>>,
+    pub tls: Vec<Vec<std::net::TcpListener>>,
     pub admin: std::net::TcpListener,
 }
 
@@ -22,7 +24,32 @@ impl Listeners {
         let admin = std::net::TcpListener::bind(admin)
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {admin}: {e}")))?;
         admin.set_nonblocking(true)?;
-        Ok(Self { traffic, admin })
+        let tls = traffic.iter().map(|_| Vec::new()).collect();
+        Ok(Self {
+            traffic,
+            tls,
+            admin,
+        })
+    }
+
+    /// Binds every TLS traffic address once per worker (as many workers as [`Listeners::bind`]
+    /// was given).
+    pub fn bind_tls(&mut self, addrs: &[SocketAddr]) -> std::io::Result<()> {
+        self.tls = crate::process::workers::bind_for_workers(addrs, self.traffic.len())?;
+        Ok(())
+    }
+
+    /// The TLS traffic addresses as bound.
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        self.tls
+            .first()
+            .map(|first| first.iter().filter_map(|l| l.local_addr().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Takes the TLS lists out (one per worker), for [`crate::process::workers::spawn_with_tls`].
+    pub fn take_tls(&mut self) -> Vec<Vec<std::net::TcpListener>> {
+        std::mem::take(&mut self.tls)
     }
 
     /// The traffic addresses as bound (ports chosen by the system filled in).

@@ -7,6 +7,7 @@
 //! | what the client does | what ends it |
 //! | --- | --- |
 //! | connects beyond the connection limit | closed at once ([`admission`]) |
+//! | opens a TLS listener's connection and stalls in the handshake | closed after the handshake timeout ([`crate::tls`]) |
 //! | sends nothing, part of a request head or of the HTTP/2 preface | closed after the header read timeout (`connection`) |
 //! | keeps an idle HTTP/1 or HTTP/2 connection after its last response | closed after the header read timeout |
 //! | stops reading a response | closed after the idle timeout (`client_io`) |
@@ -19,6 +20,7 @@ pub mod listeners;
 pub mod stats;
 
 use crate::body::Body;
+use crate::tls::{TlsInfo, TlsServer};
 use admission::Admission;
 use client_io::ClientIo;
 use connection::{Close, ConnState, Tracked};
@@ -35,6 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::task::Poll;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -47,7 +50,7 @@ const GOODBYE: Duration = Duration::from_secs(1);
 /// it. `local` is what the agent looks its route up by (Apache's `SERVER_ADDR`); `id` and
 /// `first_request` decide which pooled upstream connections the request may use (see
 /// `crate::upstream::pool`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -55,6 +58,8 @@ pub struct ConnInfo {
     pub id: u64,
     /// The first request made on this connection.
     pub first_request: bool,
+    /// What the TLS handshake negotiated, on a TLS listener.
+    pub tls: Option<Arc<TlsInfo>>,
 }
 
 impl ConnInfo {
@@ -70,7 +75,7 @@ impl ConnInfo {
     pub fn origin(&self, forwarded: crate::headers::Forwarded) -> crate::upstream::forward::Origin {
         crate::upstream::forward::Origin {
             client: self.remote,
-            proto: "http",
+            proto: if self.tls.is_some() { "https" } else { "http" },
             forwarded,
         }
     }
@@ -133,6 +138,32 @@ pub async fn serve<H: Handler>(
     stop: CancellationToken,
     grace: Duration,
 ) -> bool {
+    accept_loop(listener, handler, limits, admission, stop, grace, None).await
+}
+
+/// [`serve`] for a TLS listener: every connection first completes a TLS handshake, in its
+/// own task, within `tls`'s handshake timeout.
+pub async fn serve_tls<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    limits: ServerLimits,
+    admission: Arc<Admission>,
+    stop: CancellationToken,
+    grace: Duration,
+    tls: Arc<TlsServer>,
+) -> bool {
+    accept_loop(listener, handler, limits, admission, stop, grace, Some(tls)).await
+}
+
+async fn accept_loop<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    limits: ServerLimits,
+    admission: Arc<Admission>,
+    stop: CancellationToken,
+    grace: Duration,
+    tls: Option<Arc<TlsServer>>,
+) -> bool {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -185,16 +216,18 @@ pub async fn serve<H: Handler>(
             remote,
             id: next_connection_id(),
             first_request: true,
+            tls: None,
         };
         let io = ClientIo::new(stream, limits.idle_timeout, slot, admission.stats().clone());
         let state = ConnState::new();
         live.push(Arc::downgrade(&state));
-        connections.spawn(serve_connection(
+        connections.spawn(open_connection(
             io,
             conn,
             state,
             handler.clone(),
             builder.clone(),
+            tls.clone(),
         ));
     }
     drop(listener);
@@ -233,21 +266,66 @@ fn sweep_idle(live: &mut Vec<Weak<ConnState>>, timeout: Duration, admission: &Ad
     });
 }
 
-/// One connection, from its accept to its close: served by hyper, closed gracefully when
-/// the sweeper asks (idle, or shutting down).
-async fn serve_connection<H: Handler>(
+/// The steps of a connection before HTTP, in its own task (the accept loop never waits
+/// on a client): the TLS handshake on a TLS listener, then [`serve_connection`].
+async fn open_connection<H: Handler>(
     io: ClientIo,
     conn: ConnInfo,
     state: Arc<ConnState>,
     handler: Arc<H>,
     builder: auto::Builder<TokioExecutor>,
+    tls: Option<Arc<TlsServer>>,
 ) {
+    let Some(tls) = tls else {
+        return serve_connection(io, conn, state, handler, builder).await;
+    };
+    if let Some((stream, info)) = terminate_tls(&tls, io, &state).await {
+        let conn = ConnInfo {
+            tls: Some(info),
+            ..conn
+        };
+        serve_connection(stream, conn, state, handler, builder).await;
+    }
+}
+
+/// The TLS handshake, within its own deadline. A shutdown ends it at once; the sweeper's
+/// idle close does not (the handshake timeout is what governs a handshake), but a
+/// connection that took longer than the header read timeout to get here is then closed
+/// right after, having sent no request in time.
+async fn terminate_tls<IO>(
+    tls: &TlsServer,
+    io: IO,
+    state: &ConnState,
+) -> Option<(tokio_rustls::server::TlsStream<IO>, Arc<TlsInfo>)>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let shutdown = std::future::poll_fn(|cx| match state.asked(cx) {
+        Some(Close::Shutdown) => Poll::Ready(()),
+        _ => Poll::Pending,
+    });
+    tls.handshake(io, shutdown).await
+}
+
+/// One connection, from its accept (or handshake) to its close: served by hyper, closed
+/// gracefully when the sweeper asks (idle, or shutting down).
+async fn serve_connection<H, IO>(
+    io: IO,
+    conn: ConnInfo,
+    state: Arc<ConnState>,
+    handler: Arc<H>,
+    builder: auto::Builder<TokioExecutor>,
+) where
+    H: Handler,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let requests = state.clone();
+    let remote = conn.remote;
     let service = service_fn(move |request| {
         let in_flight = requests.begin();
         let conn = ConnInfo {
             first_request: in_flight.is_first(),
-            ..conn
+            ..conn.clone()
         };
         let handler = handler.clone();
         async move {
@@ -266,7 +344,7 @@ async fn serve_connection<H: Handler>(
             closing = Some(close);
             connection.as_mut().graceful_shutdown();
             if close == Close::Idle {
-                tracing::debug!(client = %conn.remote, "closing a connection that sent no complete request in time");
+                tracing::debug!(client = %remote, "closing a connection that sent no complete request in time");
                 goodbye = Some(Box::pin(tokio::time::sleep(GOODBYE)));
             }
         }
@@ -280,7 +358,7 @@ async fn serve_connection<H: Handler>(
     })
     .await;
     if let Err(error) = result {
-        tracing::debug!(client = %conn.remote, %error, "connection ended with an error");
+        tracing::debug!(client = %remote, %error, "connection ended with an error");
     }
 }
 

@@ -10,12 +10,14 @@ mod configmap;
 mod file;
 mod fixed;
 mod location;
+pub mod watch;
 
 #[cfg(feature = "kubernetes")]
 pub use configmap::ConfigMapSource;
-pub use file::{DEFAULT_DEBOUNCE, FileSource, FileWatchOptions, read_map_file};
+pub use file::{FileSource, read_map_file};
 pub use fixed::FixedSource;
 pub use location::{ConfigMapRef, DEFAULT_CONFIGMAP_KEY, MapLocation, StartError, start};
+pub use watch::{DEFAULT_DEBOUNCE, FileWatchOptions, PathWatch, read_regular_file};
 
 use crate::live::{Live, Publisher};
 use std::future::Future;
