@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian machine: installs what the tests need (Debian's
-# chromium and chromedriver for the balancer-manager browser test, python3-venv for the
+# chromium and chromedriver for the balancer-manager browser test, curl and openssl for the
+# TLS tests (real clients as operators use them), python3-venv for the
 # Python test tools, cargo-nextest), puts the Python packages that render and validate the
 # Helm chart and kustomize output in a virtual environment under target/ (Debian's own
 # Python refuses `pip install` outside one, PEP 668), builds the binaries the end-to-end
@@ -18,6 +19,8 @@ need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v python3 >/dev/null || need+=(python3)
+command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
 # `python3 -m venv` needs ensurepip, which Debian ships in python3-venv; a venv that
 # already works needs neither.
 if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1 &&

@@ -173,6 +173,7 @@ fn proxy_with_nofile(limit: &str, map: &std::path::Path, extra: &[&str]) -> Prox
         process: stickyroute_tests::in_process::Runner::Process(process),
         addr,
         admin,
+        tls: None,
     })
 }
 
