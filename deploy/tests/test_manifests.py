@@ -398,12 +398,9 @@ class HelmChart(Manifests):
             {"proxy": {"service": {"type": "ClusterIP", "externalTrafficPolicy": "Cluster"}}},
             {"proxy": {"tls": {"enabled": True}}},
             {"proxy": {"tls": {"httpsRedirect": True, "secrets": ["shop-tls"]}}},
-            {"proxy": {"proxyProtocol": True}},
-            {"proxy": {"trustedProxies": ["not an address"]}},
             {"proxy": {"adminService": {"type": "LoadBalancer"}}},
             {"agent": {"cookie": {"sameSite": "none", "secure": "never"}}},
             {"agent": {"cookie": {"secure": "sometimes"}}},
-            {"agent": {"accessLog": {"format": "common"}}},
         ):
             with self.subTest(values=bad):
                 with self.assertRaises(helm.HelmError):
@@ -411,19 +408,15 @@ class HelmChart(Manifests):
 
 
 # Every new option on at once: TLS from two Secrets, a public LoadBalancer keeping client
-# addresses, PROXY protocol, access logs, the agent's cookie attributes.
+# addresses, the agent's cookie attributes.
 EVERYTHING_ON = {
     "proxy": {
         "service": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "httpsPort": 8443},
         "adminService": {"annotations": {"prometheus.io/scrape": "true"}},
         "tls": {"enabled": True, "secrets": ["shop-tls", "api-tls"], "httpsRedirect": True},
-        "trustedProxies": ["10.0.0.0/8", "fd00::/8"],
-        "proxyProtocol": True,
-        "accessLog": {"enabled": True, "format": "json"},
     },
     "agent": {
         "cookie": {"secure": "always", "sameSite": "none", "httpOnly": True, "maxAge": 3600},
-        "accessLog": {"enabled": True},
     },
 }
 
@@ -515,22 +508,6 @@ class HelmFrontDoor(Manifests):
         objects, _ = render({})
         self.assertNotIn("externalTrafficPolicy", one(objects, "Service", "shop-stickyroute")["spec"])
 
-    def test_proxy_protocol_trusted_proxies_and_access_log_flags(self):
-        objects, _ = render(EVERYTHING_ON)
-        proxy = proxy_of(objects)
-        self.assertEqual(args_of(proxy, "--trusted-proxy"), ["10.0.0.0/8", "fd00::/8"])
-        self.assertIn("--proxy-protocol", proxy["args"])
-        self.assertEqual(args_of(proxy, "--access-log"), ["-"])
-        self.assertEqual(args_of(proxy, "--access-log-format"), ["json"])
-        agent = agent_of(objects)
-        self.assertEqual(args_of(agent, "--access-log"), ["-"])
-        self.assertEqual(args_of(agent, "--access-log-format"), ["combined"])
-        objects, _ = render({})
-        proxy = proxy_of(objects)
-        for flag in ("--trusted-proxy", "--access-log", "--access-log-format"):
-            self.assertEqual(args_of(proxy, flag), [], flag)
-        self.assertNotIn("--proxy-protocol", proxy["args"])
-
     def test_the_agent_cookie_flags(self):
         agent = agent_of(render(EVERYTHING_ON)[0])
         self.assertEqual(args_of(agent, "--cookie-secure"), ["always"])
@@ -539,7 +516,7 @@ class HelmFrontDoor(Manifests):
         self.assertEqual(args_of(agent, "--cookie-max-age"), ["3600"])
         agent = agent_of(render({})[0])
         self.assertEqual(args_of(agent, "--cookie-secure"), ["auto"])
-        for flag in ("--cookie-samesite", "--cookie-max-age", "--access-log"):
+        for flag in ("--cookie-samesite", "--cookie-max-age"):
             self.assertEqual(args_of(agent, flag), [], flag)
         self.assertNotIn("--cookie-httponly", agent["args"])
 

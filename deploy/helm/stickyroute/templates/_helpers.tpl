@@ -123,14 +123,6 @@ helm.sh/chart: {{ include "stickyroute.chart" .ctx }}
 {{- end }}
 {{- end }}
 
-{{/* --access-log to standard output, for a proxy.accessLog or agent.accessLog value. */}}
-{{- define "stickyroute.accessLogArgs" -}}
-{{- if .enabled }}
-- --access-log=-
-- --access-log-format={{ .format }}
-{{- end }}
-{{- end }}
-
 {{/* Pod-level part of the restricted Pod Security Standard. */}}
 {{- define "stickyroute.podSecurityContext" -}}
 runAsNonRoot: true
@@ -210,7 +202,6 @@ automountServiceAccountToken: false
     - --cookie-max-age={{ .maxAge }}
     {{- end }}
     {{- end }}
-    {{- include "stickyroute.accessLogArgs" $.Values.agent.accessLog | trim | nindent 4 }}
     - --log-format=json
     {{- range $.Values.agent.extraArgs }}
     - {{ . | quote }}
