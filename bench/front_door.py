@@ -113,6 +113,7 @@ http {{
     listen 127.0.0.1:{TLS_PORTS['nginx']} ssl http2;
     ssl_certificate {cert};
     ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
     ssl_session_cache shared:SSL:10m;
     location / {{
       proxy_pass http://$sticky_upstream;
@@ -134,6 +135,11 @@ def stickyroute(work, routemap, extra):
             "--listen", f"127.0.0.1:{PLAIN_PORT}", "--admin-listen", f"127.0.0.1:{ADMIN_PORT}",
             "--routemap", routemap, "--nofailover", "--member-port", str(BACKEND_PORT),
             "--log-level", "warn", *extra]
+
+
+def has_access_log():
+    out = subprocess.run([os.path.join(b.RELEASE, "stickyroute-proxy"), "--help"], capture_output=True, text=True).stdout
+    return "--access-log" in out
 
 
 def wrk_tls_ok(url):
@@ -169,6 +175,10 @@ def per_core(run):
     return run["rps"] / max(run["cpu"], 0.01)
 
 
+def ratio(a, z):
+    return f"{a / z:.2f}" if z else "—"
+
+
 def summary(runs, names, title):
     rows = []
     ours = runs.get("stickyroute", [])
@@ -183,8 +193,9 @@ def summary(runs, names, title):
             faster = sum(per_core(a) > per_core(z) for a, z in zip(ours, rs))
             lower = sum(a["p99"] < z["p99"] for a, z in zip(ours, rs))
             first = {m: b.median_of(ours, m) for m in ("rps", "cpu")}
-            ratio = f"{first['rps'] / med['rps']:.2f} / {(first['rps'] / max(first['cpu'], 0.01)) / (med['rps'] / max(med['cpu'], 0.01)):.2f}"
-            wins = f"{ratio}; faster per core in {faster} of {n}, lower p99 in {lower} of {n}"
+            ratios = (f"{ratio(first['rps'], med['rps'])} / "
+                      f"{ratio(first['rps'] / max(first['cpu'], 0.01), med['rps'] / max(med['cpu'], 0.01))}")
+            wins = f"{ratios}; faster per core in {faster} of {n}, lower p99 in {lower} of {n}"
         rows.append([name, f"{med['rps']:,.0f}", f"{med['rps'] / max(med['cpu'], 0.01):,.0f}", f"{med['p50']:.2f}",
                      f"{med['p99']:.2f}", f"{med['cpu']:.2f}", f"{med['rss'] / 1024:.1f}", wins,
                      sum(r["errors"] for r in rs)])
@@ -228,7 +239,10 @@ def main():
         if opts.only in (None, "tls"):
             report.append(tls_part(work, routemap, cert, key, both, secs, repeats))
         if opts.only in (None, "log"):
-            report.append(log_part(work, routemap, secs, repeats))
+            if has_access_log():
+                report.append(log_part(work, routemap, secs, repeats))
+            else:
+                print("the access log part is skipped: this stickyroute-proxy has no --access-log", flush=True)
     finally:
         for p in backends:
             p.stop()
