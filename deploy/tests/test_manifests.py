@@ -484,10 +484,12 @@ class HelmFrontDoor(Manifests):
         service = one(objects, "Service", "shop-stickyroute")
         self.assertEqual([p["name"] for p in service["spec"]["ports"]], ["http"])
 
-    def test_a_redirect_to_a_port_the_service_does_not_expose_is_refused(self):
-        with self.assertRaises(helm.HelmError) as caught:
-            render({"proxy": {"tls": {"enabled": True, "secrets": ["shop-tls"], "httpsRedirect": True}}})
-        self.assertIn("service.httpsPort", str(caught.exception))
+    def test_the_redirect_names_the_port_clients_reach_through_the_service(self):
+        objects, _ = render({"proxy": {"tls": {"enabled": True, "secrets": ["shop-tls"], "httpsRedirect": True}}})
+        proxy = proxy_of(objects)
+        self.assertIn("--https-redirect", proxy["args"])
+        self.assertEqual(args_of(proxy, "--https-redirect-port"), ["443"])
+        self.assertEqual(args_of(proxy, "--tls-listen"), ["0.0.0.0:8443"])
 
     def test_the_admin_port_is_on_a_clusterip_service_even_with_a_load_balancer(self):
         objects, _ = render(EVERYTHING_ON)

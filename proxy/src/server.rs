@@ -54,10 +54,15 @@ pub async fn run(
         None => None,
     };
     let tls_bound = listeners.tls_addrs();
-    // Redirects name the first TLS listener's port as bound (a test binds port 0).
+    // Redirects name the configured port, else the first TLS listener's as bound (a test
+    // binds port 0).
     let https_redirect = settings
         .https_redirect
-        .then(|| tls_bound.first().map(|a| a.port()))
+        .then(|| {
+            settings
+                .https_redirect_port
+                .or_else(|| tls_bound.first().map(|a| a.port()))
+        })
         .flatten();
     let follower = tls
         .as_ref()

@@ -451,6 +451,24 @@ async fn https_redirect_answers_plain_requests_with_308_to_the_tls_port() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(backend.connections(), 1);
+
+    // Behind a Service that maps 443 to the TLS listener: the URL names 443, so no port.
+    let behind = tls_proxy(
+        &map,
+        &[&shop],
+        &["--https-redirect", "--https-redirect-port", "443"],
+    );
+    let answer = raw::exchange(
+        behind.addr,
+        b"GET /a HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",
+        PATIENCE,
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(
+        answer.contains("\r\nlocation: https://shop.example/a\r\n"),
+        "{answer}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

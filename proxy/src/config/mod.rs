@@ -79,6 +79,8 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     /// Plain traffic listeners answer 308 to the https URL.
     pub https_redirect: bool,
+    /// The port that URL names, when it is not the first TLS listener's.
+    pub https_redirect_port: Option<u16>,
     pub routemap: MapLocation,
     pub routemap_debounce: Duration,
     pub member_port: u16,
@@ -168,10 +170,17 @@ impl Settings {
                 "redirects to https need a TLS listener (--tls-listen)".to_owned(),
             ));
         }
+        if options.tls.https_redirect_port.is_some() && !options.tls.https_redirect {
+            return Err(bad(
+                "https_redirect_port",
+                "is only used by --https-redirect, which is off".to_owned(),
+            ));
+        }
         Ok(Settings {
             listen: options.listen.clone(),
             tls,
             https_redirect: options.tls.https_redirect,
+            https_redirect_port: options.tls.https_redirect_port,
             routemap,
             routemap_debounce: options.map.routemap_debounce.get(),
             member_port: options.members.member_port,

@@ -146,10 +146,15 @@ pub struct TlsOptions {
     #[arg(long, default_value_t = TLS_HANDSHAKE_TIMEOUT, value_name = "DURATION")]
     pub tls_handshake_timeout: Span,
     /// Answer every request on the plain --listen addresses with a 308 redirect to the
-    /// same URL on https (the first --tls-listen's port). The admin listener never
-    /// redirects.
+    /// same URL on https (the first --tls-listen's port, or --https-redirect-port). The
+    /// admin listener never redirects.
     #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
     pub https_redirect: bool,
+    /// The port clients reach the TLS listener on, for --https-redirect, when it is not the
+    /// listener's own (a Service or load balancer forwarding 443 to 8443, say). Default: the
+    /// first --tls-listen's port.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..), value_name = "PORT")]
+    pub https_redirect_port: Option<u16>,
 }
 
 /// How map entries become member addresses.

@@ -114,15 +114,6 @@ helm.sh/chart: {{ include "stickyroute.chart" .ctx }}
 {{- end }}
 {{- end }}
 
-{{/* What the schema cannot say: it compares no two values. */}}
-{{- define "stickyroute.checkTls" -}}
-{{- with .Values.proxy }}
-{{- if and .tls.enabled .tls.httpsRedirect (ne (int .service.httpsPort) (int .tls.port)) }}
-{{- fail (printf "proxy.tls.httpsRedirect: the proxy redirects to its TLS listener's port %v, which the Service does not expose (service.httpsPort is %v); set service.httpsPort to %v, or redirect in front of the proxy" .tls.port .service.httpsPort .tls.port) }}
-{{- end }}
-{{- end }}
-{{- end }}
-
 {{/* Pod-level part of the restricted Pod Security Standard. */}}
 {{- define "stickyroute.podSecurityContext" -}}
 runAsNonRoot: true
