@@ -301,10 +301,13 @@ def wait_tls(url, patience=30):
     import time
     deadline = time.time() + patience
     while time.time() < deadline:
-        if subprocess.run(["curl", "-sk", "-o", "/dev/null", url], capture_output=True).returncode == 0:
+        # 200, with the sticky cookie: a proxy still loading its members answers 503.
+        out = subprocess.run(["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "-H", STICKY, url],
+                             capture_output=True, text=True).stdout
+        if out == "200":
             return
         time.sleep(0.1)
-    raise RuntimeError(f"{url} never answered over TLS")
+    raise RuntimeError(f"{url} never answered 200 over TLS")
 
 
 def log_part(work, routemap, secs, repeats):
