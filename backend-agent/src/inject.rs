@@ -67,15 +67,9 @@ pub enum CookieSecure {
     Never,
 }
 
-/// Whether the request reached the hop in front over HTTPS: the first `X-Forwarded-Proto`
-/// item (the one the client-facing hop wrote, when a chain of proxies appends) is `https`.
 /// The agent believes its proxy; a client talking to the agent directly can only change
 /// its own cookie's `Secure` this way.
-pub fn came_over_https(headers: &HeaderMap) -> bool {
-    stickyroute_relay::headers::list_items(headers, stickyroute_relay::headers::X_FORWARDED_PROTO)
-        .next()
-        .is_some_and(|proto| proto.eq_ignore_ascii_case("https"))
-}
+pub use stickyroute_relay::headers::came_over_https;
 
 #[derive(Debug, Clone)]
 pub struct CookieAttributes {

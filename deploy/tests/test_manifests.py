@@ -390,6 +390,7 @@ class HelmChart(Manifests):
             {"proxy": {"replicaz": 2}},
             {"proxy": {"port": 80}},
             {"proxy": {"lbmethod": "roundrobin"}},
+            {"proxy": {"trustedProxies": ["not an address"]}},
             {"exampleApp": {"name": "Web_App"}},
             {"proxy": {"maxConnections": 0}},
             {"proxy": {"adminHosts": ["evil example"]}},
@@ -414,6 +415,7 @@ EVERYTHING_ON = {
         "service": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "httpsPort": 8443},
         "adminService": {"annotations": {"prometheus.io/scrape": "true"}},
         "tls": {"enabled": True, "secrets": ["shop-tls", "api-tls"], "httpsRedirect": True},
+        "trustedProxies": ["10.0.0.0/8", "fd00::/8"],
     },
     "agent": {
         "cookie": {"secure": "always", "sameSite": "none", "httpOnly": True, "maxAge": 3600},
@@ -483,6 +485,11 @@ class HelmFrontDoor(Manifests):
         self.assertEqual([p["name"] for p in proxy["ports"]], ["http", "admin"])
         service = one(objects, "Service", "shop-stickyroute")
         self.assertEqual([p["name"] for p in service["spec"]["ports"]], ["http"])
+
+    def test_trusted_proxies_become_one_flag_each(self):
+        proxy = proxy_of(render(EVERYTHING_ON)[0])
+        self.assertEqual(args_of(proxy, "--trusted-proxy"), ["10.0.0.0/8", "fd00::/8"])
+        self.assertEqual(args_of(proxy_of(render({})[0]), "--trusted-proxy"), [])
 
     def test_the_redirect_names_the_port_clients_reach_through_the_service(self):
         objects, _ = render({"proxy": {"tls": {"enabled": True, "secrets": ["shop-tls"], "httpsRedirect": True}}})

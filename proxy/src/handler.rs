@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use stickyroute_relay::body::{self, Body, Meter, OutgoingBody};
 use stickyroute_relay::clock::now_ms;
-use stickyroute_relay::headers::Forwarded;
+use stickyroute_relay::headers::{self, Forwarded};
 use stickyroute_relay::request;
 use stickyroute_relay::serve::stats::ServeStats;
 use stickyroute_relay::serve::{ConnInfo, Handler};
@@ -302,7 +302,14 @@ fn error_response(error: &ForwardError) -> Response<Body> {
 
 impl Handler for Proxy {
     async fn handle(&self, mut request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
-        if let (Some(port), None) = (self.https_redirect, &conn.tls) {
+        let trusted_peer = {
+            let routing = self.settings.routing.load();
+            stickyroute_relay::net::any_contains(&routing.trusted_proxies, conn.remote.ip())
+        };
+        // Not when a trusted hop in front terminated TLS: the client is on https already.
+        if let (Some(port), None) = (self.https_redirect, &conn.tls)
+            && !(trusted_peer && headers::came_over_https(request.headers()))
+        {
             return crate::redirect::to_https(&request, &conn, port);
         }
         if let Some(answer) = request::admit_or_answer(&mut request, &self.stats, conn.remote) {
@@ -324,7 +331,12 @@ impl Handler for Proxy {
             .extract(path, request.headers());
         match self.choose(&table, sticky, now_ms()) {
             Ok(choice) => {
-                let (origin, requester) = (conn.origin(Forwarded::Edge), conn.requester());
+                let forwarded = if trusted_peer {
+                    Forwarded::BehindProxy
+                } else {
+                    Forwarded::Edge
+                };
+                let (origin, requester) = (conn.origin(forwarded), conn.requester());
                 self.forward(table, request, origin, requester, choice)
                     .await
             }

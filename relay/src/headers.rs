@@ -72,17 +72,63 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Whose `X-Forwarded-Proto`/`-Host` to believe.
+/// Whether to believe the `X-Forwarded-*` headers a request arrived with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forwarded {
-    /// The edge: clients are untrusted, so both are set from what this hop saw.
+    /// The edge, the peer untrusted: whatever it says is replaced. `X-Forwarded-For`
+    /// becomes the peer alone (a client could otherwise forge the start of the chain that
+    /// apps read the client from) and `-Proto`/`-Host` are what this hop saw.
     Edge,
-    /// Behind a trusted proxy (the agent behind stickyroute-proxy): values the proxy set are
-    /// kept; they are only filled in when missing.
+    /// From a trusted hop (the agent behind stickyroute-proxy, or the proxy behind a
+    /// `--trusted-proxy`): the peer is appended to `X-Forwarded-For`, and the `-Proto`/`-Host`
+    /// it set are kept; they are only filled in when missing.
     BehindProxy,
 }
 
-/// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto`/`-Host`.
+/// Whether the request reached the hop in front over HTTPS, as that hop says: the first
+/// `X-Forwarded-Proto` item (the one the client-facing hop wrote, when a chain of proxies
+/// appends) is `https`. Only for headers from a hop that is believed.
+pub fn came_over_https(headers: &HeaderMap) -> bool {
+    list_items(headers, X_FORWARDED_PROTO)
+        .next()
+        .is_some_and(|proto| proto.eq_ignore_ascii_case("https"))
+}
+
+/// The client a request is from: the peer, unless it is a trusted proxy; then the first
+/// untrusted hop of `X-Forwarded-For`, read from the right (the hops nearest us are the
+/// ones whose word we have), or the leftmost when every hop is trusted. An entry that is
+/// not an address ends the walk at the last good hop: nothing past it can be believed.
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[crate::net::Cidr]) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !crate::net::any_contains(trusted, peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops = headers
+        .get_all(X_FORWARDED_FOR)
+        .into_iter()
+        .rev()
+        .flat_map(|value| {
+            let items: Vec<&str> = value.to_str().map_or_else(
+                |_| vec![""],
+                |text| text.split(',').map(str::trim).collect(),
+            );
+            items.into_iter().rev()
+        });
+    for hop in hops {
+        let Ok(ip) = hop.parse::<IpAddr>() else {
+            break;
+        };
+        client = ip.to_canonical();
+        if !crate::net::any_contains(trusted, client) {
+            break;
+        }
+    }
+    client
+}
+
+/// Adds the peer to `X-Forwarded-For` (or makes it the whole header, at the edge) and sets
+/// `X-Forwarded-Proto`/`-Host`.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     client: IpAddr,
@@ -90,11 +136,32 @@ pub fn add_forwarded(
     host: Option<HeaderValue>,
     mode: Forwarded,
 ) {
-    // Built in one buffer that becomes the header value without another copy.
-    let existing = headers
-        .get(X_FORWARDED_FOR)
-        .map(HeaderValue::as_bytes)
-        .filter(|v| !v.is_empty());
+    // Built in one buffer that becomes the header value without another copy. Several
+    // fields are one list (RFC 9110 §5.3), joined in order.
+    let joined: Vec<u8>;
+    let existing = match mode {
+        Forwarded::Edge => None,
+        Forwarded::BehindProxy => {
+            let mut fields = headers
+                .get_all(X_FORWARDED_FOR)
+                .into_iter()
+                .map(HeaderValue::as_bytes)
+                .filter(|v| !v.is_empty());
+            match (fields.next(), fields.next()) {
+                (None, _) => None,
+                (Some(only), None) => Some(only),
+                (Some(first), Some(second)) => {
+                    let mut all = first.to_vec();
+                    for field in std::iter::once(second).chain(fields) {
+                        all.extend_from_slice(b", ");
+                        all.extend_from_slice(field);
+                    }
+                    joined = all;
+                    Some(&joined[..])
+                }
+            }
+        }
+    };
     let mut chain = Vec::with_capacity(existing.map_or(0, |v| v.len() + 2) + 39);
     if let Some(existing) = existing {
         chain.extend_from_slice(existing);
@@ -180,7 +247,10 @@ mod tests {
             Some(HeaderValue::from_static("shop.example")),
             Forwarded::Edge,
         );
-        assert_eq!(edge["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(
+            edge["x-forwarded-for"], "192.0.2.7",
+            "a chain from an untrusted peer is not believed"
+        );
         assert_eq!(
             edge["x-forwarded-proto"], "http",
             "clients cannot claim https at the edge"
@@ -213,5 +283,116 @@ mod tests {
         );
         assert_eq!(fresh["x-forwarded-for"], "127.0.0.9");
         assert!(!fresh.contains_key("x-forwarded-host"));
+    }
+
+    fn cidrs(blocks: &[&str]) -> Vec<crate::net::Cidr> {
+        blocks.iter().map(|b| b.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn the_client_is_the_first_untrusted_hop_from_the_right() {
+        let trusted = cidrs(&["10.0.0.0/8", "127.0.0.9"]);
+        let chain = map(&[("x-forwarded-for", "198.51.100.1, 203.0.113.7, 10.1.2.3")]);
+        let client = |peer: &str, headers: &HeaderMap| {
+            client_address(peer.parse().unwrap(), headers, &trusted).to_string()
+        };
+        assert_eq!(
+            client("127.0.0.9", &chain),
+            "203.0.113.7",
+            "skips the trusted 10.1.2.3"
+        );
+        assert_eq!(
+            client("192.0.2.5", &chain),
+            "192.0.2.5",
+            "an untrusted peer is the client"
+        );
+        assert_eq!(client("127.0.0.9", &HeaderMap::new()), "127.0.0.9");
+        let all_trusted = map(&[("x-forwarded-for", "10.0.0.1, 10.0.0.2")]);
+        assert_eq!(
+            client("127.0.0.9", &all_trusted),
+            "10.0.0.1",
+            "the leftmost"
+        );
+        let forged = map(&[("x-forwarded-for", "1.1.1.1, nonsense, 10.0.0.2")]);
+        assert_eq!(
+            client("127.0.0.9", &forged),
+            "10.0.0.2",
+            "nothing past a malformed hop is believed"
+        );
+        let fields = map(&[
+            ("x-forwarded-for", "198.51.100.1"),
+            ("x-forwarded-for", "10.0.0.3"),
+        ]);
+        assert_eq!(
+            client("127.0.0.9", &fields),
+            "198.51.100.1",
+            "fields are one list"
+        );
+        assert!(came_over_https(&map(&[(
+            "x-forwarded-proto",
+            "HTTPS, http"
+        )])));
+        assert!(!came_over_https(&map(&[(
+            "x-forwarded-proto",
+            "http, https"
+        )])));
+    }
+
+    #[test]
+    fn from_a_trusted_hop_every_field_of_the_chain_is_kept_in_order() {
+        let mut headers = map(&[
+            ("x-forwarded-for", "198.51.100.1"),
+            ("x-forwarded-for", "10.0.0.3"),
+        ]);
+        add_forwarded(
+            &mut headers,
+            "127.0.0.9".parse().unwrap(),
+            "http",
+            None,
+            Forwarded::BehindProxy,
+        );
+        assert_eq!(
+            headers["x-forwarded-for"],
+            "198.51.100.1, 10.0.0.3, 127.0.0.9"
+        );
+        assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    proptest::proptest! {
+        /// Whatever the chain says, the client is the peer or one of the chain's addresses,
+        /// never a trusted one unless every hop is trusted, and an untrusted peer is believed
+        /// over any chain.
+        #[test]
+        fn the_client_is_always_a_hop_of_the_chain(
+            hops in proptest::collection::vec((0u8..4, 0u8..3), 0..6),
+            peer_trusted in proptest::bool::ANY,
+        ) {
+            let trusted = cidrs(&["10.0.0.0/8"]);
+            let text: Vec<String> = hops
+                .iter()
+                .map(|(kind, n)| match kind {
+                    0 => format!("10.0.0.{n}"),
+                    1 => format!("198.51.100.{n}"),
+                    2 => format!("2001:db8::{n}"),
+                    _ => "junk".to_owned(),
+                })
+                .collect();
+            let headers = map(&[("x-forwarded-for", &text.join(", "))]);
+            let peer: IpAddr = if peer_trusted { "10.9.9.9" } else { "192.0.2.1" }.parse().unwrap();
+            let client = client_address(peer, &headers, &trusted);
+            if !peer_trusted {
+                proptest::prop_assert_eq!(client, peer);
+            } else {
+                proptest::prop_assert!(client == peer || text.iter().any(|t| t.parse::<IpAddr>().ok() == Some(client)));
+                // The right-to-left walk up to the first junk entry.
+                let mut expected = peer;
+                for hop in text.iter().rev() {
+                    let Ok(ip) = hop.parse::<IpAddr>() else { break };
+                    expected = ip;
+                    if !crate::net::any_contains(&trusted, ip) { break; }
+                }
+                proptest::prop_assert_eq!(client, expected);
+            }
+        }
     }
 }

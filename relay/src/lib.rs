@@ -30,6 +30,7 @@ pub mod headers;
 pub mod html;
 pub mod map;
 pub mod metrics;
+pub mod net;
 pub mod process;
 pub mod request;
 pub mod serve;

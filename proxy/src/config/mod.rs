@@ -50,6 +50,8 @@ pub struct Routing {
     pub lbmethod: LbMethod,
     pub retry: Duration,
     pub failonstatus: Vec<StatusCode>,
+    /// Peers whose `X-Forwarded-*` headers are believed (`--trusted-proxy`).
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// TLS termination, validated (the certificate files are read when the proxy starts, and
@@ -355,6 +357,12 @@ impl Routing {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let trusted_proxies = routing
+            .trusted_proxy
+            .iter()
+            .map(|c| c.parse())
+            .collect::<Result<Vec<Cidr>, String>>()
+            .map_err(|e| layered.invalid("trusted_proxy", e))?;
         Ok(Routing {
             sticky,
             nofailover: routing.nofailover,
@@ -362,6 +370,7 @@ impl Routing {
             lbmethod: routing.lbmethod,
             retry: routing.retry.get(),
             failonstatus,
+            trusted_proxies,
         })
     }
 }

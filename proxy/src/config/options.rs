@@ -204,6 +204,11 @@ pub struct RoutingOptions {
     /// e.g. 503 or 500,503. Off by default.
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(100..600), value_name = "CODES")]
     pub failonstatus: Vec<u16>,
+    /// A proxy or load balancer in front whose X-Forwarded-For, -Proto and -Host are
+    /// believed: an address or CIDR block; repeatable. From it, X-Forwarded-For is appended
+    /// to and -Proto/-Host are kept; from any other peer all three are replaced. Default none.
+    #[arg(long, value_delimiter = ',', value_name = "CIDR")]
+    pub trusted_proxy: Vec<String>,
 }
 
 /// Active health checks, on when `--health-path` is given.
