@@ -82,6 +82,9 @@ impl AgentAdmin {
                     .metrics
                     .render(&self.agent.live.status(), self.lifecycle.is_draining());
                 admin::serve_metrics(&mut text, &self.agent.stats, &self.admin_stats);
+                if let Some(log) = &self.agent.access_log {
+                    log.render(&mut text);
+                }
                 admin::metrics(text)
             }
             "/status" => body::json(StatusCode::OK, &self.status()),

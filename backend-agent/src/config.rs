@@ -18,12 +18,13 @@ use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use stickyroute_relay::access_log::AccessLogConfig;
 use stickyroute_relay::process::lifecycle::ShutdownTiming;
 use stickyroute_relay::process::logging::LogFilter;
 use stickyroute_relay::serve::ServerLimits;
 use stickyroute_relay::settings::shared::{
-    AGENT_PORT, AdminOptions, ClientLimitOptions, LogFormat, LogFormatOptions, LogLevelOptions,
-    MapOptions, ShutdownOptions, UpstreamOptions, WorkerOptions,
+    AGENT_PORT, AccessLogOptions, AdminOptions, ClientLimitOptions, LogFormat, LogFormatOptions,
+    LogLevelOptions, MapOptions, ShutdownOptions, UpstreamOptions, WorkerOptions,
 };
 use stickyroute_relay::settings::{Layered, SettingsError, keys_of, load};
 use stickyroute_relay::upstream::forward::UpstreamTimeouts;
@@ -67,6 +68,8 @@ pub struct AgentOptions {
     pub workers: WorkerOptions,
     #[command(flatten)]
     pub log_format: LogFormatOptions,
+    #[command(flatten)]
+    pub access_log: AccessLogOptions,
     #[command(flatten)]
     pub upstream_limits: UpstreamOptions,
     #[command(flatten)]
@@ -192,6 +195,8 @@ pub struct Settings {
     pub limits: ServerLimits,
     pub max_connections: Option<usize>,
     pub log_format: LogFormat,
+    /// `--access-log`, opened when the agent starts.
+    pub access_log: Option<AccessLogConfig>,
     /// Applied to the running logger by a reload.
     pub log_level: LogFilter,
     pub shutdown: ShutdownTiming,
@@ -242,6 +247,7 @@ impl Settings {
             limits: options.client_limits.limits(upstream_limits.idle_timeout),
             max_connections: options.client_limits.max_connections(),
             log_format: options.log_format.log_format,
+            access_log: options.access_log.config(&layered)?,
             log_level: options.log_level.filter(&layered)?,
             shutdown: options.shutdown.timing(),
             source: layered,

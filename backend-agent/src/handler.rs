@@ -5,7 +5,7 @@ use crate::config::Settings;
 use crate::identity::Identity;
 use crate::inject::{self, DomainMode, Reason};
 use crate::metrics::Metrics;
-use http::header::COOKIE;
+use http::header::{COOKIE, HeaderName};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use routemap::cookie::route_of;
@@ -13,27 +13,34 @@ use routemap::{Live, RouteId, Snapshot};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use stickyroute_relay::body::{self, Body};
+use std::time::Instant;
+use stickyroute_relay::access_log::{AccessLog, Fields, UploadCount};
+use stickyroute_relay::body::{self, Body, Meter};
 use stickyroute_relay::headers::Forwarded;
 use stickyroute_relay::request;
 use stickyroute_relay::serve::stats::ServeStats;
 use stickyroute_relay::serve::{ConnInfo, Handler};
 use stickyroute_relay::upstream::forward::{ErrorSource, ForwardError, Upstreams};
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// What every worker's [`Agent`] shares.
 pub struct AgentShared {
     pub settings: Settings,
     pub live: Live,
+    /// With `--access-log`.
+    pub access_log: Option<AccessLog>,
     /// Generation of the map the last "own key missing" warning was about, so it is logged
     /// once per map change rather than per request (and per worker).
     warned_generation: AtomicU64,
 }
 
 impl AgentShared {
-    pub fn new(settings: Settings, live: Live) -> Self {
+    pub fn new(settings: Settings, live: Live, access_log: Option<AccessLog>) -> Self {
         Self {
             settings,
             live,
+            access_log,
             warned_generation: AtomicU64::new(0),
         }
     }
@@ -53,6 +60,30 @@ impl std::ops::Deref for Agent {
 
     fn deref(&self) -> &AgentShared {
         &self.shared
+    }
+}
+
+/// Why no cookie is set, decided from the request (the access log's `cookie_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoCookie {
+    /// The path is under `--skip-path`.
+    SkipPath,
+    /// No map yet, or this instance is not in it (and no `--default-route`).
+    NoRoute,
+    /// The client already carries this instance's route.
+    HasRoute,
+    /// Neither the request nor the response belongs to a session (and no `--track-all`).
+    NoSession,
+}
+
+impl NoCookie {
+    fn as_str(self) -> &'static str {
+        match self {
+            NoCookie::SkipPath => "skip_path",
+            NoCookie::NoRoute => "no_route",
+            NoCookie::HasRoute => "has_route",
+            NoCookie::NoSession => "no_session",
+        }
     }
 }
 
@@ -111,7 +142,7 @@ impl Agent {
         fallback
     }
 
-    fn plan(&self, request: &Request<Incoming>, local: IpAddr) -> Option<Plan> {
+    fn plan(&self, request: &Request<Incoming>, local: IpAddr) -> Result<Plan, NoCookie> {
         let path = request.uri().path();
         if self
             .settings
@@ -121,10 +152,10 @@ impl Agent {
             .iter()
             .any(|prefix| path.starts_with(prefix.as_str()))
         {
-            return None;
+            return Err(NoCookie::SkipPath);
         }
-        let snapshot = self.live.load()?;
-        let route = self.own_route(&snapshot, local)?;
+        let snapshot = self.live.load().ok_or(NoCookie::NoRoute)?;
+        let route = self.own_route(&snapshot, local).ok_or(NoCookie::NoRoute)?;
         let headers = request.headers();
         let current = self
             .settings
@@ -134,7 +165,7 @@ impl Agent {
             .find(headers.get_all(COOKIE).iter().map(|v| v.as_bytes()))
             .and_then(route_of);
         if current == Some(route.as_str()) {
-            return None;
+            return Err(NoCookie::HasRoute);
         }
         let host = match self.settings.policy.load().attributes.domain {
             DomainMode::RequestHost => {
@@ -142,7 +173,7 @@ impl Agent {
             }
             _ => None,
         };
-        Some(Plan {
+        Ok(Plan {
             route,
             request_session: self.settings.policy.load().sessions.in_request(headers),
             host,
@@ -150,7 +181,9 @@ impl Agent {
         })
     }
 
-    fn apply(&self, plan: Plan, response: &mut Response<Body>) {
+    /// Sets the cookie if the exchange belongs to a session; returns why it was set, or
+    /// why not.
+    fn apply(&self, plan: &Plan, response: &mut Response<Body>) -> Result<Reason, NoCookie> {
         let reason = if plan.request_session {
             Reason::RequestSession
         } else if self
@@ -164,7 +197,7 @@ impl Agent {
         } else if self.settings.policy.load().track_all {
             Reason::TrackAll
         } else {
-            return;
+            return Err(NoCookie::NoSession);
         };
         let set_cookie = self.settings.policy.load().attributes.set_cookie(
             &self.settings.policy.load().cookie,
@@ -176,6 +209,7 @@ impl Agent {
             inject::inject(response.headers_mut(), set_cookie);
             self.metrics.injected(reason);
         }
+        Ok(reason)
     }
 }
 
@@ -188,18 +222,59 @@ impl Handler for Agent {
         self.settings.identity.note_local(conn.local.ip());
         let plan = self.plan(&request, conn.local.ip());
         let origin = conn.origin(Forwarded::BehindProxy);
+        let uploaded = self
+            .access_log
+            .as_ref()
+            .map(|_| Arc::new(UploadCount::default()));
+        let meter = uploaded.clone().map(|u| u as Arc<dyn Meter>);
+        let sent = Instant::now();
         let mut response = match self
             .upstreams
-            .forward(request, &self.settings.upstream, origin, conn.requester())
+            .forward(
+                request,
+                &self.settings.upstream,
+                origin,
+                conn.requester(),
+                meter,
+            )
             .await
         {
             Ok(response) => body::streamed(response, None),
             Err(error) => return self.failed(&error, conn),
         };
-        if let Some(plan) = plan {
-            self.apply(plan, &mut response);
+        let head_time = sent.elapsed();
+        let decision = plan.and_then(|plan| {
+            self.apply(&plan, &mut response)
+                .map(|reason| (plan.route, reason))
+        });
+        if self.access_log.is_some() {
+            let (cookie, reason, route) = match decision {
+                Ok((route, reason)) => ("issued", reason.as_str(), Some(route)),
+                Err(no) => ("none", no.as_str(), None),
+            };
+            response.extensions_mut().insert(Fields {
+                route,
+                upstream_head: Some(head_time),
+                cookie: Some(cookie),
+                cookie_reason: Some(reason),
+                uploaded,
+                ..Fields::default()
+            });
         }
         response
+    }
+
+    fn access_log(&self) -> Option<&AccessLog> {
+        self.shared.access_log.as_ref()
+    }
+
+    /// The proxy in front appends the client it saw to `X-Forwarded-For`: the last entry.
+    fn client_address(&self, request: &Request<Incoming>, conn: &ConnInfo) -> IpAddr {
+        stickyroute_relay::headers::list_items(request.headers(), X_FORWARDED_FOR)
+            .last()
+            .and_then(|hop| hop.parse::<IpAddr>().ok())
+            .unwrap_or_else(|| conn.remote.ip())
+            .to_canonical()
     }
 }
 

@@ -49,7 +49,15 @@ pub async fn run(
     // Every worker has its own connection pool to the app; the settings, the map and the
     // counters are shared, so /status and /metrics see all of them.
     let metrics = Arc::new(Metrics::default());
-    let shared = Arc::new(AgentShared::new(settings, map.live.clone()));
+    let access_log = match &settings.access_log {
+        Some(config) => Some(config.open()?),
+        None => None,
+    };
+    let shared = Arc::new(AgentShared::new(
+        settings,
+        map.live.clone(),
+        access_log.clone(),
+    ));
     let admin = AgentAdmin {
         agent: Arc::new(Agent::new(
             shared.clone(),
@@ -86,11 +94,15 @@ pub async fn run(
         timing.grace,
     )?;
     let mut last_read = shared.settings.source.clone();
-    Ok(lifecycle
+    let drained = lifecycle
         .run_until_shutdown(timing, servers, Some(admin_task), controls, || {
             reload(&shared.settings, &map, &mut last_read)
         })
-        .await)
+        .await;
+    if let Some(log) = access_log {
+        tokio::task::spawn_blocking(move || log.close()).await?;
+    }
+    Ok(drained)
 }
 
 /// SIGHUP: the map is read again, and so is the configuration; the cookie settings and the

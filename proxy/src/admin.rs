@@ -9,6 +9,7 @@ use routemap::{Live, MapStatus};
 use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use stickyroute_relay::access_log::AccessLog;
 use stickyroute_relay::admin;
 use stickyroute_relay::body::{self, Body};
 use stickyroute_relay::clock::now_ms;
@@ -32,6 +33,7 @@ pub struct ProxyAdmin {
     pub traffic_stats: Arc<ServeStats>,
     /// TLS termination, when configured: its certificates and handshake counters.
     pub tls: Option<Arc<TlsServer>>,
+    pub access_log: Option<AccessLog>,
 }
 
 #[derive(Serialize)]
@@ -185,6 +187,9 @@ impl Handler for ProxyAdmin {
                 admin::serve_metrics(&mut text, &self.traffic_stats, &self.admin_stats);
                 if let Some(tls) = &self.tls {
                     tls.render(&mut text);
+                }
+                if let Some(log) = &self.access_log {
+                    log.render(&mut text);
                 }
                 admin::metrics(text)
             }

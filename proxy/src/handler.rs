@@ -16,19 +16,21 @@ use crate::sticky::Sticky;
 use crate::table::MemberTable;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use routemap::Status;
+use routemap::{RouteId, Status};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use stickyroute_relay::access_log::{AccessLog, Fields, UploadCount};
 use stickyroute_relay::body::{self, Body, Meter, OutgoingBody};
 use stickyroute_relay::clock::now_ms;
 use stickyroute_relay::headers::{self, Forwarded};
 use stickyroute_relay::request;
-use stickyroute_relay::serve::stats::ServeStats;
+use stickyroute_relay::serve::stats::{ServeStats, status_class};
 use stickyroute_relay::serve::{ConnInfo, Handler};
 use stickyroute_relay::upstream::Requester;
 use stickyroute_relay::upstream::forward::{
-    ErrorSource, ForwardError, Origin, Prepared, Upstreams,
+    ErrorSource, ForwardError, Origin, Prepared, UpstreamFailure, Upstreams,
 };
 
 /// At most this many members are tried for one request whose connections fail.
@@ -45,6 +47,8 @@ pub struct Proxy {
     pub stats: Arc<ServeStats>,
     /// With `--https-redirect`: the port plain requests are redirected to.
     pub https_redirect: Option<u16>,
+    /// With `--access-log`.
+    pub access_log: Option<AccessLog>,
 }
 
 /// The member chosen for a request, and whether it may be replaced after a failed
@@ -53,11 +57,16 @@ struct Choice {
     index: usize,
     outcome: Outcome,
     may_retry: bool,
+    /// Whether the request's session route is not the chosen member's (`None`: no session
+    /// route), for the access log.
+    route_changed: Option<bool>,
 }
 
 /// Why no member was chosen.
 struct Refusal {
     outcome: Outcome,
+    /// The session's member, when it is the one that cannot serve (for the access log).
+    member: Option<(RouteId, Option<SocketAddr>)>,
     retry_after: Option<Duration>,
     message: String,
 }
@@ -77,6 +86,10 @@ impl Proxy {
                     index,
                     outcome,
                     may_retry: true,
+                    route_changed: match outcome {
+                        Outcome::New | Outcome::Malformed => None,
+                        _ => Some(true),
+                    },
                 })
                 .ok_or_else(|| no_member(members))
         };
@@ -89,6 +102,7 @@ impl Proxy {
             if self.settings.routing.load().unknown_route == UnknownRoute::Reject {
                 return Err(Refusal {
                     outcome: Outcome::UnknownRoute,
+                    member: None,
                     retry_after: None,
                     message: format!("no server has route {route}"),
                 });
@@ -112,6 +126,8 @@ impl Proxy {
                     Outcome::Hit
                 },
                 may_retry: !self.settings.routing.load().nofailover,
+                // A route the member was renamed from is a change the agent will make.
+                route_changed: Some(member.route.as_str() != route),
             });
         }
         if self.settings.routing.load().nofailover {
@@ -124,6 +140,7 @@ impl Proxy {
     fn refuse_pinned(&self, member: &Member, now: u64) -> Refusal {
         Refusal {
             outcome: Outcome::NofailoverRefused,
+            member: Some((member.route.clone(), member.address)),
             retry_after: Some(
                 member
                     .state
@@ -139,8 +156,19 @@ impl Proxy {
 
     /// Answers `refusal`, counting its outcome.
     fn refuse(&self, refusal: Refusal) -> Response<Body> {
-        self.metrics.outcome(refusal.outcome);
-        refusal_response(refusal)
+        let outcome = refusal.outcome;
+        self.metrics.outcome(outcome);
+        let member = refusal.member.clone();
+        let mut response = refusal_response(refusal);
+        self.log_fields(&mut response, outcome, || {
+            let (route, upstream) = member.unzip();
+            Fields {
+                route,
+                upstream: upstream.flatten(),
+                ..Fields::default()
+            }
+        });
+        response
     }
 
     /// Sends the request to the chosen member, and to others when a connection fails and
@@ -158,6 +186,10 @@ impl Proxy {
         let mut unsent = Unsent::Body(body);
         let mut tried: Vec<usize> = Vec::new();
         let mut outcome = choice.outcome;
+        let uploaded = self
+            .access_log
+            .as_ref()
+            .map(|_| Arc::new(UploadCount::default()));
         loop {
             let member = &table.members()[choice.index];
             let Some(authority) = member.authority.as_ref() else {
@@ -165,7 +197,8 @@ impl Proxy {
             };
             // The request is in flight on this member until the last of the upload, the
             // response body and this function lets go of it, whichever path it takes.
-            let meter: Arc<dyn Meter> = InFlight::start(member, self.settings.routing.load().retry);
+            let meter: Arc<dyn Meter> =
+                InFlight::start(member, self.settings.routing.load().retry, uploaded.clone());
             let (outgoing, reclaim) = match unsent {
                 Unsent::Body(body) => self.upstreams.upload(body, Some(meter.clone())),
                 Unsent::Empty => (OutgoingBody::empty(Some(meter.clone())), None),
@@ -173,12 +206,16 @@ impl Proxy {
             let may_retry =
                 choice.may_retry && tried.len() + 1 < MAX_ATTEMPTS.min(table.members().len());
             let state = &member.state;
+            let sent = Instant::now();
             let error = match self
                 .upstreams
                 .send(&mut head, outgoing, authority, requester)
                 .await
             {
                 Ok(response) => {
+                    let head_time = sent.elapsed();
+                    state.head_time.observe(head_time);
+                    state.statuses[status_class(response.status())].fetch_add(1, Relaxed);
                     if self
                         .settings
                         .routing
@@ -186,14 +223,23 @@ impl Proxy {
                         .failonstatus
                         .contains(&response.status())
                     {
-                        state.errors.fetch_add(1, Relaxed);
+                        state.failed(UpstreamFailure::Status);
                         state.mark_error(self.settings.routing.load().retry);
                         tracing::warn!(route = %member.route, status = %response.status(), "member answered a failonstatus code; in error for the retry time");
                     } else {
                         state.mark_ok();
                     }
                     self.metrics.outcome(outcome);
-                    return body::streamed(response, Some(meter));
+                    let mut response = body::streamed(response, Some(meter));
+                    self.log_fields(&mut response, outcome, || Fields {
+                        route: Some(member.route.clone()),
+                        upstream: member.address,
+                        upstream_head: Some(head_time),
+                        route_changed: choice.route_changed,
+                        uploaded: uploaded.clone(),
+                        ..Fields::default()
+                    });
+                    return response;
                 }
                 Err(error) => error,
             };
@@ -204,17 +250,15 @@ impl Proxy {
                         self.stats.client_fault(fault);
                     }
                     tracing::debug!(client = %origin.client, route = %member.route, %error, "the client's upload failed; not the member's fault");
-                    self.metrics.outcome(outcome);
-                    return error_response(&error);
+                    return self.failed(&error, outcome, member, choice.route_changed, &uploaded);
                 }
                 ErrorSource::Internal => {
                     tracing::error!(route = %member.route, %error, "cannot forward the request");
-                    self.metrics.outcome(outcome);
-                    return error_response(&error);
+                    return self.failed(&error, outcome, member, choice.route_changed, &uploaded);
                 }
                 ErrorSource::Upstream => {}
             }
-            state.errors.fetch_add(1, Relaxed);
+            state.failed(error.failure().unwrap_or(UpstreamFailure::Reset));
             state.mark_error(self.settings.routing.load().retry);
             tracing::warn!(route = %member.route, %error, retry = ?self.settings.routing.load().retry, "member failed; in error for the retry time");
             // Only a request none of whose body was sent goes elsewhere.
@@ -246,6 +290,7 @@ impl Proxy {
                         index,
                         outcome,
                         may_retry: true,
+                        route_changed: choice.route_changed.map(|_| true),
                     };
                 }
                 // A session pinned by --nofailover whose member just went away.
@@ -254,10 +299,46 @@ impl Proxy {
                 }
                 None if error.is_connect() => return self.refuse(no_member(table.members())),
                 None => {
-                    self.metrics.outcome(outcome);
-                    return error_response(&error);
+                    return self.failed(&error, outcome, member, choice.route_changed, &uploaded);
                 }
             }
+        }
+    }
+
+    /// The answer to an exchange that failed for good, counted and logged with its member.
+    fn failed(
+        &self,
+        error: &ForwardError,
+        outcome: Outcome,
+        member: &Member,
+        route_changed: Option<bool>,
+        uploaded: &Option<Arc<UploadCount>>,
+    ) -> Response<Body> {
+        self.metrics.outcome(outcome);
+        let mut response = error_response(error);
+        self.log_fields(&mut response, outcome, || Fields {
+            route: Some(member.route.clone()),
+            upstream: member.address,
+            route_changed,
+            uploaded: uploaded.clone(),
+            ..Fields::default()
+        });
+        response
+    }
+
+    /// With an access log: what the proxy adds to the request's line.
+    fn log_fields(
+        &self,
+        response: &mut Response<Body>,
+        outcome: Outcome,
+        fields: impl FnOnce() -> Fields,
+    ) {
+        if self.access_log.is_some() {
+            let fields = Fields {
+                sticky: Some(outcome.as_str()),
+                ..fields()
+            };
+            response.extensions_mut().insert(fields);
         }
     }
 }
@@ -265,6 +346,7 @@ impl Proxy {
 fn no_member(members: &[Arc<Member>]) -> Refusal {
     Refusal {
         outcome: Outcome::NoMember,
+        member: None,
         retry_after: Some(Duration::from_secs(5)),
         message: if members.is_empty() {
             "no servers are configured".to_owned()
@@ -301,6 +383,19 @@ fn error_response(error: &ForwardError) -> Response<Body> {
 }
 
 impl Handler for Proxy {
+    fn access_log(&self) -> Option<&AccessLog> {
+        self.access_log.as_ref()
+    }
+
+    fn client_address(&self, request: &Request<Incoming>, conn: &ConnInfo) -> IpAddr {
+        let routing = self.settings.routing.load();
+        headers::client_address(
+            conn.remote.ip(),
+            request.headers(),
+            &routing.trusted_proxies,
+        )
+    }
+
     async fn handle(&self, mut request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let trusted_peer = {
             let routing = self.settings.routing.load();
@@ -318,6 +413,7 @@ impl Handler for Proxy {
         let Some(table) = self.balancer.table() else {
             return self.refuse(Refusal {
                 outcome: Outcome::NoMember,
+                member: None,
                 retry_after: Some(Duration::from_secs(5)),
                 message: "no route map loaded yet".to_owned(),
             });

@@ -10,8 +10,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime};
+use stickyroute_relay::access_log::UploadCount;
 use stickyroute_relay::body::Meter;
 use stickyroute_relay::clock::now_ms;
+use stickyroute_relay::metrics::Histogram;
+use stickyroute_relay::upstream::forward::UpstreamFailure;
 
 /// Runtime state of a member; shared by every table that has this member.
 #[derive(Debug)]
@@ -25,6 +28,12 @@ pub struct MemberState {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub sticky_hits: AtomicU64,
+    /// Responses by status class (`1xx`..`5xx`).
+    pub statuses: [AtomicU64; 5],
+    /// Failures by [`UpstreamFailure`].
+    pub failures: [AtomicU64; 5],
+    /// From sending a request to the member's response head.
+    pub head_time: Histogram,
     /// Passive health: in error until this [`now_ms`] instant; 0 when not in error.
     error_until: AtomicU64,
     /// Wall-clock milliseconds since the epoch when the current health state began.
@@ -61,6 +70,9 @@ impl Default for MemberState {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             sticky_hits: AtomicU64::new(0),
+            statuses: Default::default(),
+            failures: Default::default(),
+            head_time: Histogram::default(),
             error_until: AtomicU64::new(0),
             health_since: AtomicU64::new(wall_ms()),
             active_up: AtomicBool::new(true),
@@ -79,6 +91,12 @@ pub fn wall_ms() -> u64 {
 }
 
 impl MemberState {
+    /// A failed exchange: counted in `errors` and by its kind.
+    pub fn failed(&self, failure: UpstreamFailure) {
+        self.errors.fetch_add(1, Relaxed);
+        self.failures[failure as usize].fetch_add(1, Relaxed);
+    }
+
     /// Passive health: puts the member in error for `retry` (connect failure, timeout,
     /// `failonstatus`). After that, real traffic tries it again.
     pub fn mark_error(&self, retry: Duration) {
@@ -168,16 +186,23 @@ impl MemberState {
 pub struct InFlight {
     member: Arc<Member>,
     retry: Duration,
+    /// The request's own count of uploaded bytes, for its access log line.
+    uploaded: Option<Arc<UploadCount>>,
 }
 
 impl InFlight {
     /// A request is sent to `member`; `retry` is how long a failure puts it in error.
-    pub fn start(member: &Arc<Member>, retry: Duration) -> Arc<Self> {
+    pub fn start(
+        member: &Arc<Member>,
+        retry: Duration,
+        uploaded: Option<Arc<UploadCount>>,
+    ) -> Arc<Self> {
         member.state.requests.fetch_add(1, Relaxed);
         member.state.busy.fetch_add(1, Relaxed);
         Arc::new(Self {
             member: member.clone(),
             retry,
+            uploaded,
         })
     }
 }
@@ -191,6 +216,9 @@ impl Drop for InFlight {
 impl Meter for InFlight {
     fn received(&self, bytes: u64) {
         self.member.state.bytes_in.fetch_add(bytes, Relaxed);
+        if let Some(uploaded) = &self.uploaded {
+            uploaded.add(bytes);
+        }
     }
 
     fn sent(&self, bytes: u64) {
@@ -199,7 +227,7 @@ impl Meter for InFlight {
 
     fn failed(&self, error: &std::io::Error) {
         let state = &self.member.state;
-        state.errors.fetch_add(1, Relaxed);
+        state.failed(UpstreamFailure::of_io(error));
         state.mark_error(self.retry);
         tracing::warn!(route = %self.member.route, %error, retry = ?self.retry, "member failed in the middle of a response body; in error for the retry time");
     }

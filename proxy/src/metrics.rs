@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use stickyroute_relay::admin::map_metrics;
 use stickyroute_relay::clock::now_ms;
 use stickyroute_relay::metrics::PromText;
+use stickyroute_relay::serve::stats::STATUS_CLASSES;
+use stickyroute_relay::upstream::forward::UpstreamFailure;
 
 /// How a request's member was chosen (or why none was).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +175,41 @@ fn member_metrics(out: &mut PromText, table: &MemberTable) {
         for m in table.members() {
             out.sample(name, &[("route", m.route.as_str())], read(m, now));
         }
+    }
+    let responses = "stickyroute_member_responses_total";
+    out.family(responses, "counter", "Member responses by status class.");
+    for m in table.members() {
+        for (class, counter) in STATUS_CLASSES.iter().zip(&m.state.statuses) {
+            out.sample(
+                responses,
+                &[("route", m.route.as_str()), ("class", class)],
+                counter.load(Relaxed),
+            );
+        }
+    }
+    let failures = "stickyroute_member_failures_total";
+    out.family(
+        failures,
+        "counter",
+        "Failed exchanges with the member by kind (connect, timeout, reset, protocol, failonstatus).",
+    );
+    for m in table.members() {
+        for kind in UpstreamFailure::ALL {
+            out.sample(
+                failures,
+                &[("route", m.route.as_str()), ("kind", kind.as_str())],
+                m.state.failures[kind as usize].load(Relaxed),
+            );
+        }
+    }
+    let head = "stickyroute_member_response_head_seconds";
+    out.family(
+        head,
+        "histogram",
+        "From sending a request to the member's response head (time to first byte).",
+    );
+    for m in table.members() {
+        out.histogram(head, &[("route", m.route.as_str())], &m.state.head_time);
     }
     out.family(
         "stickyroute_member_info",

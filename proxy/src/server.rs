@@ -64,6 +64,10 @@ pub async fn run(
                 .or_else(|| tls_bound.first().map(|a| a.port()))
         })
         .flatten();
+    let access_log = match &settings.access_log {
+        Some(config) => Some(config.open()?),
+        None => None,
+    };
     let follower = tls
         .as_ref()
         .map(|tls| tokio::spawn(tls.follow(settings.routemap_debounce)));
@@ -132,6 +136,7 @@ pub async fn run(
         admin_stats: admin_stats.clone(),
         traffic_stats: traffic_stats.clone(),
         tls: tls.clone(),
+        access_log: access_log.clone(),
     };
     let grace = settings.shutdown.grace;
     let admin_task = tokio::spawn(serve(
@@ -144,6 +149,7 @@ pub async fn run(
     ));
     // Each worker gets its own member connection pool, on its own event loop.
     let (shared, tunnels, stats) = (settings.clone(), lifecycle.tunnels(), traffic_stats.clone());
+    let log = access_log.clone();
     let servers = workers::spawn_with_tls(
         traffic,
         tls.clone().map(|tls| (tls_lists, tls)),
@@ -155,6 +161,7 @@ pub async fn run(
                 metrics: metrics.clone(),
                 stats: stats.clone(),
                 https_redirect,
+                access_log: log.clone(),
             })
         },
         settings.limits,
@@ -174,6 +181,11 @@ pub async fn run(
         .await;
     if let Some(follower) = follower {
         follower.abort();
+    }
+    if let Some(log) = access_log {
+        // The writer thread's last batch is written on the caller's thread's time: off
+        // the runtime, as it blocks.
+        tokio::task::spawn_blocking(move || log.close()).await?;
     }
     Ok(drained)
 }

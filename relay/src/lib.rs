@@ -22,6 +22,7 @@
 //! - [`urlencoded`]: form bodies and query strings; [`html`]: escaping for served pages.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod agent_status;
 pub mod body;

@@ -1,7 +1,49 @@
 //! The Prometheus text exposition format, written directly: each binary keeps its counters
 //! in atomics on its own structures and renders them on scrape.
+//!
+//! Why not `prometheus-client`: its labelled families look a label set up in a map behind a
+//! lock on every observation, and its histogram takes a lock per observation, shared by
+//! every worker thread. Our counters live where the request path already is (a member's
+//! state, a listener's stats), as plain atomics, so a request touches no lock and no map;
+//! what is left to write is the text format below, which is small and tested.
 
 use std::fmt::{Display, Write as _};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds of the latency histograms, in seconds: from a loopback exchange (0.5 ms)
+/// to the default response timeout (60 s), roughly ×2.5 apart.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+];
+
+/// A latency histogram with [`LATENCY_BUCKETS`], lock-free: an observation is two or
+/// three relaxed atomic additions.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last is above every bound.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    /// The sum of all observations, in microseconds.
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, value: Duration) {
+        let seconds = value.as_secs_f64();
+        let index = LATENCY_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[index].fetch_add(1, Relaxed);
+        let micros = u64::try_from(value.as_micros()).unwrap_or(u64::MAX);
+        self.sum_us.fetch_add(micros, Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
+    }
+}
 
 /// A scrape response being written.
 #[derive(Default)]
@@ -53,6 +95,29 @@ impl PromText {
         self.family(name, kind, help).sample(name, &[], value)
     }
 
+    /// The `_bucket`, `_sum` and `_count` samples of one histogram (the family is written
+    /// with [`PromText::family`] and kind `histogram`).
+    pub fn histogram(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        histogram: &Histogram,
+    ) -> &mut Self {
+        let bucket = format!("{name}_bucket");
+        let mut with_le: Vec<(&str, &str)> = labels.to_vec();
+        let mut cumulative = 0;
+        let bounds: Vec<String> = LATENCY_BUCKETS.iter().map(ToString::to_string).collect();
+        for (i, counter) in histogram.buckets.iter().enumerate() {
+            cumulative += counter.load(Relaxed);
+            with_le.truncate(labels.len());
+            with_le.push(("le", bounds.get(i).map_or("+Inf", String::as_str)));
+            self.sample(&bucket, &with_le, cumulative);
+        }
+        let sum = histogram.sum_us.load(Relaxed) as f64 / 1e6;
+        self.sample(&format!("{name}_sum"), labels, sum);
+        self.sample(&format!("{name}_count"), labels, cumulative)
+    }
+
     pub fn finish(self) -> String {
         self.out
     }
@@ -75,5 +140,42 @@ mod tests {
              # HELP req_total Requests.\n# TYPE req_total counter\n\
              req_total{route=\"www1\"} 3\nreq_total{route=\"a\\\"b\\\\c\\nd\",x=\"y\"} 4\n"
         );
+    }
+
+    #[test]
+    fn histograms_are_cumulative_with_sum_and_count() {
+        let histogram = Histogram::default();
+        histogram.observe(Duration::from_micros(300));
+        histogram.observe(Duration::from_millis(2));
+        histogram.observe(Duration::from_secs(100));
+        let mut text = PromText::default();
+        text.histogram("t_seconds", &[("route", "a")], &histogram);
+        let text = text.finish();
+        assert!(
+            text.contains("t_seconds_bucket{route=\"a\",le=\"0.0005\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("t_seconds_bucket{route=\"a\",le=\"0.001\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("t_seconds_bucket{route=\"a\",le=\"0.0025\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("t_seconds_bucket{route=\"a\",le=\"60\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("t_seconds_bucket{route=\"a\",le=\"+Inf\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("t_seconds_sum{route=\"a\"} 100.0023\n"),
+            "{text}"
+        );
+        assert!(text.contains("t_seconds_count{route=\"a\"} 3\n"), "{text}");
+        assert_eq!(histogram.count(), 3);
     }
 }

@@ -233,7 +233,14 @@ async fn members_see_https_as_the_protocol_and_h2_is_negotiated_and_served() {
     let backend = recording_backend().await;
     let map = write_map(dir.path(), &[("www1", backend.addr())]);
     let shop = ecdsa(dir.path(), "shop", &["shop.example"]);
-    let proxy = tls_proxy(&map, &[&shop], &[]);
+    let log = dir.path().join("access.log");
+    let log_flags = [
+        "--access-log",
+        log.to_str().unwrap(),
+        "--access-log-format",
+        "json",
+    ];
+    let proxy = tls_proxy(&map, &[&shop], &log_flags);
     proxy.wait_members(1).await;
     let tls = proxy.tls.unwrap();
 
@@ -270,6 +277,36 @@ async fn members_see_https_as_the_protocol_and_h2_is_negotiated_and_served() {
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.version(), http::Version::HTTP_2);
+
+    // The access log names the TLS version and the server name asked for.
+    let lines: Vec<serde_json::Value> =
+        stickyroute_tests::eventually("two log lines", PATIENCE, || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<_> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            (lines.len() >= 2).then_some(lines)
+        })
+        .await;
+    let by_target = |target: &str| {
+        lines
+            .iter()
+            .find(|l| l["target"] == target)
+            .unwrap()
+            .clone()
+    };
+    let cart = by_target("/cart");
+    assert_eq!(
+        (&cart["tls_version"], &cart["sni"], &cart["protocol"]),
+        (
+            &"TLSv1.3".into(),
+            &"shop.example".into(),
+            &"HTTP/1.1".into()
+        ),
+        "{cart}"
+    );
+    assert_eq!(by_target("/h2")["protocol"], "HTTP/2.0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,7 @@ use routemap::source::MapLocation;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::time::Duration;
+use stickyroute_relay::access_log::AccessLogConfig;
 use stickyroute_relay::process::lifecycle::ShutdownTiming;
 use stickyroute_relay::process::logging::LogFilter;
 use stickyroute_relay::serve::ServerLimits;
@@ -105,6 +106,8 @@ pub struct Settings {
     pub agent_admin_port: Option<u16>,
     pub agent_poll_interval: Duration,
     pub log_format: LogFormat,
+    /// `--access-log`, opened when the proxy starts.
+    pub access_log: Option<AccessLogConfig>,
     /// Applied to the running logger by a reload.
     pub log_level: LogFilter,
     pub shutdown: ShutdownTiming,
@@ -200,6 +203,7 @@ impl Settings {
             agent_admin_port: options.manager.agent_admin_port,
             agent_poll_interval: options.manager.agent_poll_interval.get(),
             log_format: options.log_format.log_format,
+            access_log: options.access_log.config(&layered)?,
             log_level: options.log_level.filter(&layered)?,
             shutdown: options.shutdown.timing(),
             source: layered,

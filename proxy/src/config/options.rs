@@ -13,8 +13,8 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use stickyroute_relay::settings::shared::{
-    AGENT_PORT, AdminOptions, ClientLimitOptions, LogFormatOptions, LogLevelOptions, MapOptions,
-    ShutdownOptions, UpstreamOptions, WorkerOptions,
+    AGENT_PORT, AccessLogOptions, AdminOptions, ClientLimitOptions, LogFormatOptions,
+    LogLevelOptions, MapOptions, ShutdownOptions, UpstreamOptions, WorkerOptions,
 };
 use stickyroute_relay::settings::{Span, keys_of};
 
@@ -99,6 +99,8 @@ pub struct ProxyOptions {
     pub manager: ManagerOptions,
     #[command(flatten)]
     pub log_format: LogFormatOptions,
+    #[command(flatten)]
+    pub access_log: AccessLogOptions,
     #[command(flatten)]
     pub shutdown: ShutdownOptions,
     #[command(flatten)]

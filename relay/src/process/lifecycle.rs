@@ -76,7 +76,8 @@ pub fn controls() -> (mpsc::UnboundedSender<Control>, Controls) {
 }
 
 /// Turns SIGTERM (Kubernetes, systemd) and SIGINT (Ctrl-C) into [`Control::Shutdown`] and
-/// SIGHUP (`systemctl reload`) into [`Control::Reload`], for as long as `to` is open. Must
+/// SIGHUP (`systemctl reload`) into [`Control::Reload`], for as long as `to` is open;
+/// SIGUSR1 (logrotate's `postrotate`) reopens the access log. Must
 /// be called on a runtime; handlers are installed before this returns, so a signal sent
 /// right after start-up is not lost (SIGHUP would otherwise kill the process).
 pub fn forward_signals(to: mpsc::UnboundedSender<Control>) -> std::io::Result<()> {
@@ -84,12 +85,18 @@ pub fn forward_signals(to: mpsc::UnboundedSender<Control>) -> std::io::Result<()
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     tokio::spawn(async move {
         loop {
             let control = tokio::select! {
                 _ = term.recv() => Control::Shutdown("SIGTERM"),
                 _ = int.recv() => Control::Shutdown("SIGINT"),
                 _ = hup.recv() => Control::Reload,
+                _ = usr1.recv() => {
+                    tracing::info!("SIGUSR1: reopening the access log");
+                    crate::access_log::reopen_all();
+                    continue;
+                }
             };
             if to.send(control).is_err() {
                 return;

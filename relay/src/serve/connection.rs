@@ -14,6 +14,8 @@
 //! body is done or dropped, on every path: the count is kept by a guard that the response
 //! body carries, so a handler that is cancelled (the client went away) ends it too.
 
+use super::stats::ServeStats;
+use crate::access_log::Pending;
 use crate::clock::now_ms;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -21,7 +23,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What the sweeper asks of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,18 +124,37 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that ends its request's [`InFlight`] when it is done or dropped.
+/// A response body that ends its request's [`InFlight`] when it is done or dropped, and
+/// then times the request and writes its access log line.
 pub struct Tracked<B> {
     body: B,
     _in_flight: InFlight,
+    stats: Arc<ServeStats>,
+    started: Instant,
+    pending: Option<Pending>,
 }
 
 impl<B> Tracked<B> {
-    pub(super) fn new(body: B, in_flight: InFlight) -> Self {
+    pub(super) fn new(
+        body: B,
+        in_flight: InFlight,
+        stats: Arc<ServeStats>,
+        started: Instant,
+        pending: Option<Pending>,
+    ) -> Self {
         Self {
             body,
             _in_flight: in_flight,
+            stats,
+            started,
+            pending,
         }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        self.stats.request_duration.observe(self.started.elapsed());
     }
 }
 
@@ -145,7 +166,14 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let (Some(pending), Poll::Ready(Some(Ok(frame)))) = (&mut this.pending, &polled)
+            && let Some(data) = frame.data_ref()
+        {
+            pending.sent(data.len() as u64);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -19,6 +19,7 @@ mod connection;
 pub mod listeners;
 pub mod stats;
 
+use crate::access_log::{AccessLog, Fields, Pending};
 use crate::body::Body;
 use crate::tls::{TlsInfo, TlsServer};
 use admission::Admission;
@@ -29,14 +30,15 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use stats::ServeStats;
 use stats::Silence;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -88,6 +90,17 @@ pub trait Handler: Send + Sync + 'static {
         request: Request<Incoming>,
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send;
+
+    /// Where this handler's requests are logged, if anywhere.
+    fn access_log(&self) -> Option<&AccessLog> {
+        None
+    }
+
+    /// The client a request is from, for the access log: the peer, unless the handler
+    /// knows the hops in front (see [`crate::headers::client_address`]).
+    fn client_address(&self, _request: &Request<Incoming>, conn: &ConnInfo) -> IpAddr {
+        conn.remote.ip().to_canonical()
+    }
 }
 
 /// Limits against slow, silent and oversized clients.
@@ -228,6 +241,7 @@ async fn accept_loop<H: Handler>(
             handler.clone(),
             builder.clone(),
             tls.clone(),
+            admission.stats().clone(),
         ));
     }
     drop(listener);
@@ -275,16 +289,17 @@ async fn open_connection<H: Handler>(
     handler: Arc<H>,
     builder: auto::Builder<TokioExecutor>,
     tls: Option<Arc<TlsServer>>,
+    stats: Arc<ServeStats>,
 ) {
     let Some(tls) = tls else {
-        return serve_connection(io, conn, state, handler, builder).await;
+        return serve_connection(io, conn, state, handler, builder, stats).await;
     };
     if let Some((stream, info)) = terminate_tls(&tls, io, &state).await {
         let conn = ConnInfo {
             tls: Some(info),
             ..conn
         };
-        serve_connection(stream, conn, state, handler, builder).await;
+        serve_connection(stream, conn, state, handler, builder, stats).await;
     }
 }
 
@@ -315,22 +330,37 @@ async fn serve_connection<H, IO>(
     state: Arc<ConnState>,
     handler: Arc<H>,
     builder: auto::Builder<TokioExecutor>,
+    stats: Arc<ServeStats>,
 ) where
     H: Handler,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let requests = state.clone();
     let remote = conn.remote;
-    let service = service_fn(move |request| {
+    let faults = stats.clone();
+    let service = service_fn(move |request: Request<Incoming>| {
+        let started = Instant::now();
         let in_flight = requests.begin();
         let conn = ConnInfo {
             first_request: in_flight.is_first(),
             ..conn.clone()
         };
         let handler = handler.clone();
+        let stats = stats.clone();
         async move {
+            let pending = handler.access_log().map(|log| {
+                let client = handler.client_address(&request, &conn);
+                Pending::new(log, &request, client, conn.tls.clone(), started)
+            });
             let response = handler.handle(request, conn).await;
-            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+            let (mut head, body) = response.into_parts();
+            stats.responded(head.status);
+            let pending = pending.map(|mut pending| {
+                pending.respond(head.status, head.extensions.remove::<Fields>());
+                pending
+            });
+            let body = Tracked::new(body, in_flight, stats, started, pending);
+            Ok::<_, Infallible>(Response::from_parts(head, body))
         }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -358,7 +388,23 @@ async fn serve_connection<H, IO>(
     })
     .await;
     if let Err(error) = result {
+        if let Some(fault) = head_fault(&*error) {
+            faults.client_fault(fault);
+        }
         tracing::debug!(client = %remote, %error, "connection ended with an error");
+    }
+}
+
+/// The client's mistake a connection's error is, when hyper refused its request head (and
+/// answered 400 or 431 itself).
+fn head_fault(error: &(dyn std::error::Error + 'static)) -> Option<stats::ClientFault> {
+    let error = error.downcast_ref::<hyper::Error>()?;
+    if error.is_parse_too_large() {
+        Some(stats::ClientFault::HeadTooLarge)
+    } else if error.is_parse() {
+        Some(stats::ClientFault::HeadInvalid)
+    } else {
+        None
     }
 }
 

@@ -3,7 +3,7 @@
 //! stalled upload, a client that stops reading). Shared by every worker of one listener
 //! group, rendered on scrape by the binary's admin listener.
 
-use crate::metrics::PromText;
+use crate::metrics::{Histogram, PromText};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 /// A client mistake that ended a request; never counted against a member.
@@ -17,14 +17,20 @@ pub enum ClientFault {
     NotReading,
     /// The request was refused before anything was forwarded (bad Host, CONNECT, ...).
     Refused,
+    /// The request head could not be parsed: 400, answered by the HTTP layer.
+    HeadInvalid,
+    /// The request head was over the size or header count limit: 431.
+    HeadTooLarge,
 }
 
 impl ClientFault {
-    const ALL: [ClientFault; 4] = [
+    const ALL: [ClientFault; 6] = [
         ClientFault::UploadBroken,
         ClientFault::UploadStalled,
         ClientFault::NotReading,
         ClientFault::Refused,
+        ClientFault::HeadInvalid,
+        ClientFault::HeadTooLarge,
     ];
 
     fn as_str(self) -> &'static str {
@@ -33,8 +39,18 @@ impl ClientFault {
             ClientFault::UploadStalled => "upload_stalled",
             ClientFault::NotReading => "not_reading",
             ClientFault::Refused => "refused_request",
+            ClientFault::HeadInvalid => "head_invalid",
+            ClientFault::HeadTooLarge => "head_too_large",
         }
     }
+}
+
+/// `1xx` to `5xx`: the `class` label of the status counters.
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The index of `status`'s class in [`STATUS_CLASSES`].
+pub fn status_class(status: http::StatusCode) -> usize {
+    usize::from((status.as_u16() / 100).clamp(1, 5) - 1)
 }
 
 /// Why a connection was closed for silence.
@@ -53,7 +69,11 @@ pub struct ServeStats {
     refused: AtomicU64,
     silent_first: AtomicU64,
     silent_keep_alive: AtomicU64,
-    faults: [AtomicU64; 4],
+    faults: [AtomicU64; 6],
+    /// Responses by [`STATUS_CLASSES`].
+    responses: [AtomicU64; 5],
+    /// From a complete request head to the end of its response body.
+    pub request_duration: Histogram,
 }
 
 impl ServeStats {
@@ -71,6 +91,11 @@ impl ServeStats {
             Silence::KeepAlive => &self.silent_keep_alive,
         }
         .fetch_add(1, Relaxed);
+    }
+
+    /// A response head was sent.
+    pub fn responded(&self, status: http::StatusCode) {
+        self.responses[status_class(status)].fetch_add(1, Relaxed);
     }
 
     pub fn client_fault(&self, fault: ClientFault) {
@@ -134,6 +159,30 @@ impl ServeStats {
                     counter.load(Relaxed),
                 );
             }
+        }
+        let responses = "stickyroute_responses_total";
+        out.family(
+            responses,
+            "counter",
+            "Responses by status class (those answered here included: 503s, 400s, redirects).",
+        );
+        for (listener, stats) in groups {
+            for (class, counter) in STATUS_CLASSES.iter().zip(&stats.responses) {
+                out.sample(
+                    responses,
+                    &[("listener", listener), ("class", class)],
+                    counter.load(Relaxed),
+                );
+            }
+        }
+        let duration = "stickyroute_request_duration_seconds";
+        out.family(
+            duration,
+            "histogram",
+            "From a complete request head to the end of its response body.",
+        );
+        for (listener, stats) in groups {
+            out.histogram(duration, &[("listener", listener)], &stats.request_duration);
         }
         let faults = "stickyroute_client_faults_total";
         out.family(

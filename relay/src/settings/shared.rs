@@ -109,6 +109,38 @@ pub struct LogFormatOptions {
     pub log_format: LogFormat,
 }
 
+/// The access log: fixed for the life of the process (its file is reopened on SIGUSR1
+/// and when renamed, but not moved elsewhere by a reload).
+#[derive(Debug, Clone, Args)]
+pub struct AccessLogOptions {
+    /// Write one line per request: `-` for standard output, or a file (created if
+    /// missing, appended to, reopened when renamed or on SIGUSR1, as logrotate expects).
+    /// Off by default.
+    #[arg(long, value_name = "-|PATH")]
+    pub access_log: Option<String>,
+    /// Access log format: Apache's combined format followed by the sticky fields as
+    /// key=value, or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = crate::access_log::Format::Combined)]
+    pub access_log_format: crate::access_log::Format,
+}
+
+impl AccessLogOptions {
+    /// Where the log goes and how, if anywhere; opened when the server starts.
+    pub fn config<T>(
+        &self,
+        layered: &super::Layered<T>,
+    ) -> Result<Option<crate::access_log::AccessLogConfig>, super::SettingsError> {
+        match self.access_log.as_deref() {
+            None => Ok(None),
+            Some("") => Err(layered.invalid("access_log", "give - or a file path")),
+            Some(destination) => Ok(Some(crate::access_log::AccessLogConfig {
+                destination: crate::access_log::Destination::parse(destination),
+                format: self.access_log_format,
+            })),
+        }
+    }
+}
+
 /// Which log lines are written: the filter can be swapped in a running logger, so a reload
 /// (SIGHUP) applies it, and an operator can turn `debug` on and off without a restart.
 #[derive(Debug, Clone, Args)]

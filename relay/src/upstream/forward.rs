@@ -130,9 +130,73 @@ impl ForwardError {
         }
     }
 
+    /// What went wrong, for the upstream error counters; `None` when it was not the
+    /// upstream's fault.
+    pub fn failure(&self) -> Option<UpstreamFailure> {
+        use ExchangeError as E;
+        match self {
+            ForwardError::Connect { .. } => Some(UpstreamFailure::Connect),
+            ForwardError::Timeout { .. } => Some(UpstreamFailure::Timeout),
+            ForwardError::Upstream { source, .. } => Some(match source {
+                PoolError::Connect(_) => UpstreamFailure::Connect,
+                PoolError::Exchange(E::Head(_) | E::ClosedInHead) => UpstreamFailure::Protocol,
+                PoolError::Exchange(E::ClientBody(_)) => return None,
+                PoolError::Exchange(E::Io(error)) => UpstreamFailure::of_io(error),
+                PoolError::Exchange(_) => UpstreamFailure::Reset,
+            }),
+            ForwardError::UnaskedUpgrade { .. } => Some(UpstreamFailure::Protocol),
+            _ => None,
+        }
+    }
+
     /// Whether nothing reached the upstream (so another one may be tried).
     pub fn is_connect(&self) -> bool {
         matches!(self, ForwardError::Connect { .. })
+    }
+}
+
+/// How an exchange with an upstream failed: the `kind` label of the upstream error
+/// counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// No connection could be made.
+    Connect,
+    /// No response head in time, or a response body that stopped.
+    Timeout,
+    /// The connection was closed or reset.
+    Reset,
+    /// The upstream broke HTTP (an invalid response head or body framing).
+    Protocol,
+    /// It answered a `--failonstatus` code.
+    Status,
+}
+
+impl UpstreamFailure {
+    pub const ALL: [UpstreamFailure; 5] = [
+        UpstreamFailure::Connect,
+        UpstreamFailure::Timeout,
+        UpstreamFailure::Reset,
+        UpstreamFailure::Protocol,
+        UpstreamFailure::Status,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::Reset => "reset",
+            UpstreamFailure::Protocol => "protocol",
+            UpstreamFailure::Status => "failonstatus",
+        }
+    }
+
+    /// A failure in the middle of a response body, by its I/O error.
+    pub fn of_io(error: &std::io::Error) -> UpstreamFailure {
+        match error.kind() {
+            std::io::ErrorKind::TimedOut => UpstreamFailure::Timeout,
+            std::io::ErrorKind::InvalidData => UpstreamFailure::Protocol,
+            _ => UpstreamFailure::Reset,
+        }
     }
 }
 
@@ -214,16 +278,18 @@ impl Upstreams {
         OutgoingBody::guard(body, meter, self.timeouts.inactivity)
     }
 
-    /// Forwards an admitted `request` to `upstream` once, streaming both bodies.
+    /// Forwards an admitted `request` to `upstream` once, streaming both bodies; `meter`
+    /// counts the upload.
     pub async fn forward(
         &self,
         request: Request<Incoming>,
         upstream: &Authority,
         origin: Origin,
         requester: Requester,
+        meter: Option<Arc<dyn crate::body::Meter>>,
     ) -> Result<Response<Streamed>, ForwardError> {
         let (mut head, body) = Prepared::new(request, origin);
-        let (body, _) = self.upload(body, None);
+        let (body, _) = self.upload(body, meter);
         self.send(&mut head, body, upstream, requester).await
     }
 
