@@ -387,6 +387,12 @@ impl Handler for Proxy {
         self.access_log.as_ref()
     }
 
+    fn expects_proxy_header(&self, peer: IpAddr) -> bool {
+        let routing = self.settings.routing.load();
+        routing.proxy_protocol
+            && stickyroute_relay::net::any_contains(&routing.trusted_proxies, peer.to_canonical())
+    }
+
     fn client_address(&self, request: &Request<Incoming>, conn: &ConnInfo) -> IpAddr {
         let routing = self.settings.routing.load();
         headers::client_address(

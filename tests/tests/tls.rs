@@ -560,3 +560,44 @@ async fn curl_and_openssl_s_client_see_the_certificate_for_the_name_they_ask() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_protocol_header_comes_before_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = recording_backend().await;
+    let map = write_map(dir.path(), &[("www1", backend.addr())]);
+    let shop = ecdsa(dir.path(), "shop", &["shop.example"]);
+    let proxy = tls_proxy(
+        &map,
+        &[&shop],
+        &["--trusted-proxy", "127.0.0.9", "--proxy-protocol"],
+    );
+    proxy.wait_members(1).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.9:0".parse().unwrap()).unwrap();
+    let mut tcp = socket.connect(proxy.tls.unwrap()).await.unwrap();
+    tcp.write_all(b"PROXY TCP4 192.0.2.7 10.0.0.1 56324 443\r\n")
+        .await
+        .unwrap();
+    let name = ServerName::try_from("shop.example".to_owned()).unwrap();
+    let mut stream = tokio::time::timeout(PATIENCE, client(&[b"http/1.1"]).connect(name, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut out)).await;
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let received = String::from_utf8(backend.all_received()).unwrap();
+    assert!(
+        received.contains("\r\nx-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: https\r\n"),
+        "{received}"
+    );
+}

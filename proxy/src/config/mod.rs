@@ -53,6 +53,8 @@ pub struct Routing {
     pub failonstatus: Vec<StatusCode>,
     /// Peers whose `X-Forwarded-*` headers are believed (`--trusted-proxy`).
     pub trusted_proxies: Vec<Cidr>,
+    /// Connections from those peers start with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 /// TLS termination, validated (the certificate files are read when the proxy starts, and
@@ -367,6 +369,15 @@ impl Routing {
             .map(|c| c.parse())
             .collect::<Result<Vec<Cidr>, String>>()
             .map_err(|e| layered.invalid("trusted_proxy", e))?;
+        if routing.proxy_protocol && trusted_proxies.is_empty() {
+            return Err(layered.invalid(
+                "proxy_protocol",
+                format!(
+                    "it is accepted only from trusted peers: give {} too",
+                    layered.name("trusted_proxy")
+                ),
+            ));
+        }
         Ok(Routing {
             sticky,
             nofailover: routing.nofailover,
@@ -375,6 +386,7 @@ impl Routing {
             retry: routing.retry.get(),
             failonstatus,
             trusted_proxies,
+            proxy_protocol: routing.proxy_protocol,
         })
     }
 }
@@ -539,6 +551,48 @@ mod tests {
             stickyroute_relay::settings::misheaded::<ProxyOptions>(&live),
             Vec::<String>::new(),
             "every setting under an \"applied on reload\" heading, and only those, is reloaded"
+        );
+    }
+
+    #[test]
+    fn the_proxy_protocol_needs_trusted_peers_and_the_access_log_a_destination() {
+        let error = settings(&["--routemap", "/m", "--proxy-protocol"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.starts_with("--proxy-protocol") && error.contains("--trusted-proxy"),
+            "{error}"
+        );
+        let s = settings(&[
+            "--routemap",
+            "/m",
+            "--proxy-protocol",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+        ])
+        .unwrap();
+        assert!(s.routing.load().proxy_protocol);
+        let error = settings(&["--routemap", "/m", "--access-log", ""])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.starts_with("--access-log"), "{error}");
+        let s = settings(&[
+            "--routemap",
+            "/m",
+            "--access-log",
+            "-",
+            "--access-log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.access_log,
+            Some(stickyroute_relay::access_log::AccessLogConfig {
+                destination: stickyroute_relay::access_log::Destination::Stdout,
+                format: stickyroute_relay::access_log::Format::Json,
+            })
         );
     }
 

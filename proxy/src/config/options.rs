@@ -211,6 +211,12 @@ pub struct RoutingOptions {
     /// to and -Proto/-Host are kept; from any other peer all three are replaced. Default none.
     #[arg(long, value_delimiter = ',', value_name = "CIDR")]
     pub trusted_proxy: Vec<String>,
+    /// Connections from a --trusted-proxy peer must start with a PROXY protocol header (v1
+    /// or v2, as HAProxy and cloud L4 load balancers send it): its client address is then
+    /// the connection's. Connections from other peers are served as they are, so a client
+    /// cannot claim an address. Needs --trusted-proxy.
+    #[arg(long)]
+    pub proxy_protocol: bool,
 }
 
 /// Active health checks, on when `--health-path` is given.

@@ -17,6 +17,7 @@ pub mod admission;
 mod client_io;
 mod connection;
 pub mod listeners;
+pub mod proxy_protocol;
 pub mod stats;
 
 use crate::access_log::{AccessLog, Fields, Pending};
@@ -94,6 +95,12 @@ pub trait Handler: Send + Sync + 'static {
     /// Where this handler's requests are logged, if anywhere.
     fn access_log(&self) -> Option<&AccessLog> {
         None
+    }
+
+    /// Whether a connection from `peer` must start with a PROXY protocol header (see
+    /// [`proxy_protocol`]).
+    fn expects_proxy_header(&self, _peer: IpAddr) -> bool {
+        false
     }
 
     /// The client a request is from, for the access log: the peer, unless the handler
@@ -242,6 +249,7 @@ async fn accept_loop<H: Handler>(
             builder.clone(),
             tls.clone(),
             admission.stats().clone(),
+            timeout,
         ));
     }
     drop(listener);
@@ -281,16 +289,49 @@ fn sweep_idle(live: &mut Vec<Weak<ConnState>>, timeout: Duration, admission: &Ad
 }
 
 /// The steps of a connection before HTTP, in its own task (the accept loop never waits
-/// on a client): the TLS handshake on a TLS listener, then [`serve_connection`].
+/// on a client): the PROXY protocol header from a peer that must send one (within the
+/// header read timeout), then [`secure_connection`].
+#[allow(clippy::too_many_arguments)]
 async fn open_connection<H: Handler>(
     io: ClientIo,
+    mut conn: ConnInfo,
+    state: Arc<ConnState>,
+    handler: Arc<H>,
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<Arc<TlsServer>>,
+    stats: Arc<ServeStats>,
+    header_timeout: Duration,
+) {
+    if !handler.expects_proxy_header(conn.remote.ip()) {
+        return secure_connection(io, conn, state, handler, builder, tls, stats).await;
+    }
+    match proxy_protocol::read_header(io, header_timeout).await {
+        Ok((from, io)) => {
+            if let proxy_protocol::ProxiedFrom::Client { source, .. } = from {
+                conn.remote = source;
+            }
+            secure_connection(io, conn, state, handler, builder, tls, stats).await;
+        }
+        Err(error) => {
+            stats.client_fault(stats::ClientFault::ProxyHeader);
+            tracing::debug!(peer = %conn.remote, %error, "closing a connection without a valid PROXY protocol header");
+        }
+    }
+}
+
+/// The TLS handshake on a TLS listener, then [`serve_connection`].
+async fn secure_connection<H, IO>(
+    io: IO,
     conn: ConnInfo,
     state: Arc<ConnState>,
     handler: Arc<H>,
     builder: auto::Builder<TokioExecutor>,
     tls: Option<Arc<TlsServer>>,
     stats: Arc<ServeStats>,
-) {
+) where
+    H: Handler,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let Some(tls) = tls else {
         return serve_connection(io, conn, state, handler, builder, stats).await;
     };

@@ -21,16 +21,20 @@ pub enum ClientFault {
     HeadInvalid,
     /// The request head was over the size or header count limit: 431.
     HeadTooLarge,
+    /// A peer that must send a PROXY protocol header sent none, a broken one, or not in
+    /// time: connection closed.
+    ProxyHeader,
 }
 
 impl ClientFault {
-    const ALL: [ClientFault; 6] = [
+    const ALL: [ClientFault; 7] = [
         ClientFault::UploadBroken,
         ClientFault::UploadStalled,
         ClientFault::NotReading,
         ClientFault::Refused,
         ClientFault::HeadInvalid,
         ClientFault::HeadTooLarge,
+        ClientFault::ProxyHeader,
     ];
 
     fn as_str(self) -> &'static str {
@@ -41,6 +45,7 @@ impl ClientFault {
             ClientFault::Refused => "refused_request",
             ClientFault::HeadInvalid => "head_invalid",
             ClientFault::HeadTooLarge => "head_too_large",
+            ClientFault::ProxyHeader => "proxy_header",
         }
     }
 }
@@ -69,7 +74,7 @@ pub struct ServeStats {
     refused: AtomicU64,
     silent_first: AtomicU64,
     silent_keep_alive: AtomicU64,
-    faults: [AtomicU64; 6],
+    faults: [AtomicU64; 7],
     /// Responses by [`STATUS_CLASSES`].
     responses: [AtomicU64; 5],
     /// From a complete request head to the end of its response body.
