@@ -402,6 +402,10 @@ class HelmChart(Manifests):
             {"proxy": {"adminService": {"type": "LoadBalancer"}}},
             {"agent": {"cookie": {"sameSite": "none", "secure": "never"}}},
             {"agent": {"cookie": {"secure": "sometimes"}}},
+            # The PROXY protocol is read only from trusted peers, so it needs some.
+            {"proxy": {"proxyProtocol": True}},
+            {"proxy": {"accessLog": {"format": "clf"}}},
+            {"agent": {"accessLog": {"enabled": "yes"}}},
         ):
             with self.subTest(values=bad):
                 with self.assertRaises(helm.HelmError):
@@ -416,9 +420,12 @@ EVERYTHING_ON = {
         "adminService": {"annotations": {"prometheus.io/scrape": "true"}},
         "tls": {"enabled": True, "secrets": ["shop-tls", "api-tls"], "httpsRedirect": True},
         "trustedProxies": ["10.0.0.0/8", "fd00::/8"],
+        "proxyProtocol": True,
+        "accessLog": {"enabled": True, "format": "json"},
     },
     "agent": {
         "cookie": {"secure": "always", "sameSite": "none", "httpOnly": True, "maxAge": 3600},
+        "accessLog": {"enabled": True},
     },
 }
 
@@ -490,6 +497,20 @@ class HelmFrontDoor(Manifests):
         proxy = proxy_of(render(EVERYTHING_ON)[0])
         self.assertEqual(args_of(proxy, "--trusted-proxy"), ["10.0.0.0/8", "fd00::/8"])
         self.assertEqual(args_of(proxy_of(render({})[0]), "--trusted-proxy"), [])
+
+    def test_proxy_protocol_and_access_logs_become_flags_and_are_off_by_default(self):
+        objects, _ = render(EVERYTHING_ON)
+        proxy, agent = proxy_of(objects), agent_of(objects)
+        self.assertIn("--proxy-protocol", proxy["args"])
+        self.assertEqual(args_of(proxy, "--access-log"), ["-"])
+        self.assertEqual(args_of(proxy, "--access-log-format"), ["json"])
+        self.assertEqual(args_of(agent, "--access-log"), ["-"])
+        self.assertEqual(args_of(agent, "--access-log-format"), ["combined"])
+        objects, _ = render({})
+        proxy, agent = proxy_of(objects), agent_of(objects)
+        self.assertNotIn("--proxy-protocol", proxy["args"])
+        self.assertEqual(args_of(proxy, "--access-log"), [])
+        self.assertEqual(args_of(agent, "--access-log"), [])
 
     def test_the_redirect_names_the_port_clients_reach_through_the_service(self):
         objects, _ = render({"proxy": {"tls": {"enabled": True, "secrets": ["shop-tls"], "httpsRedirect": True}}})
@@ -620,10 +641,26 @@ class Kustomize(Manifests):
         admin = one(objects, "Service", "stickyroute-proxy-admin")
         self.assertEqual(admin["spec"]["type"], "ClusterIP")
         self.assertEqual([p["name"] for p in admin["spec"]["ports"]], ["admin"])
-        # Without the component: no TLS at all.
+        self.assertEqual(args_of(proxy, "--access-log"), ["-"])
+        agent = container(one(objects, "StatefulSet")["spec"]["template"]["spec"], "stickyroute-agent")
+        self.assertEqual(args_of(agent, "--access-log"), ["-"])
+        # Without the components: no TLS and no access log at all.
         proxy = container(one(kustomize(OVERLAY), "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy")
         self.assertEqual(args_of(proxy, "--tls-listen"), [])
+        self.assertEqual(args_of(proxy, "--access-log"), [])
 
+    def test_the_proxy_protocol_overlay_trusts_the_balancer_and_reads_its_header(self):
+        objects = kustomize(ROOT / "deploy" / "kustomize" / "overlays" / "proxy-protocol")
+        self.assert_valid_kubernetes(objects, "kustomize proxy-protocol")
+        self.assert_restricted(objects, "kustomize proxy-protocol")
+        proxy = container(one(objects, "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy")
+        self.assertIn("--proxy-protocol", proxy["args"])
+        self.assertEqual(args_of(proxy, "--trusted-proxy"), ["10.0.0.0/8"])
+        traffic = one(objects, "Service", "stickyroute-proxy")
+        self.assertEqual(traffic["spec"]["type"], "LoadBalancer")
+        self.assertNotIn("externalTrafficPolicy", traffic["spec"])
+        admin = one(objects, "Service", "stickyroute-proxy-admin")
+        self.assertEqual(admin["spec"]["type"], "ClusterIP")
 
 if __name__ == "__main__":
     unittest.main()

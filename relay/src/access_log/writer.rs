@@ -123,9 +123,12 @@ impl AccessLog {
             reopens: AtomicU64::new(0),
         });
         let for_thread = shared.clone();
+        // Taken here, not when the thread gets going: a reopen asked for in between would
+        // otherwise be missed.
+        let reopen_seen = REOPEN.load(Relaxed);
         let thread = std::thread::Builder::new()
             .name("access-log".to_owned())
-            .spawn(move || write_loop(&for_thread, sink))
+            .spawn(move || write_loop(&for_thread, sink, reopen_seen))
             .map_err(|source| OpenError {
                 path: "(writer thread)".to_owned(),
                 source,
@@ -287,9 +290,8 @@ fn open_file(path: &PathBuf) -> io::Result<(File, (u64, u64))> {
     Ok((file, (meta.dev(), meta.ino())))
 }
 
-fn write_loop(shared: &Shared, mut sink: Sink) {
+fn write_loop(shared: &Shared, mut sink: Sink, mut reopen_seen: u64) {
     let mut batch: Vec<u8> = Vec::with_capacity(FLUSH_AT);
-    let mut reopen_seen = REOPEN.load(Relaxed);
     let mut checked = Instant::now();
     let mut failing = false;
     loop {

@@ -194,6 +194,10 @@ automountServiceAccountToken: false
     {{- end }}
     {{- end }}
     - --log-format=json
+    {{- if $.Values.agent.accessLog.enabled }}
+    - --access-log=-
+    - --access-log-format={{ $.Values.agent.accessLog.format }}
+    {{- end }}
     {{- range $.Values.agent.extraArgs }}
     - {{ . | quote }}
     {{- end }}
