@@ -57,6 +57,7 @@ impl AgentAdmin {
                 .map(ToString::to_string),
             map: MapReport::from(&self.agent.live.status()),
             draining: self.lifecycle.is_draining(),
+            app: self.agent.app.report(),
         }
     }
 

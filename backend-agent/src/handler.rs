@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use stickyroute_relay::access_log::{AccessLog, Fields, UploadCount};
+use stickyroute_relay::agent_status;
 use stickyroute_relay::body::{self, Body, Meter};
 use stickyroute_relay::headers::Forwarded;
 use stickyroute_relay::request;
@@ -23,6 +24,52 @@ use stickyroute_relay::serve::{ConnInfo, Handler};
 use stickyroute_relay::upstream::forward::{ErrorSource, ForwardError, Upstreams};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const APP_STATE: HeaderName = HeaderName::from_static(agent_status::APP_STATE_HEADER);
+
+/// The app as the agent's traffic finds it: unreachable from a connection it refused (or
+/// that timed out) until one succeeds. Kept in atomics: every request reads or writes it.
+#[derive(Debug, Default)]
+pub struct AppHealth {
+    /// Wall-clock milliseconds since the epoch when it became unreachable; 0 while reachable.
+    unreachable_since_ms: AtomicU64,
+    unreachable_total: AtomicU64,
+}
+
+impl AppHealth {
+    fn reached(&self) {
+        if self.unreachable_since_ms.load(Ordering::Relaxed) != 0 {
+            self.unreachable_since_ms.store(0, Ordering::Relaxed);
+            tracing::info!("the app answers again");
+        }
+    }
+
+    fn unreachable(&self, error: &ForwardError) {
+        self.unreachable_total.fetch_add(1, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| {
+                u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+            });
+        if self
+            .unreachable_since_ms
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::warn!(%error, "the app cannot be reached; the proxy is told with each answer");
+        }
+    }
+
+    /// For `/status`.
+    pub fn report(&self) -> agent_status::AppReport {
+        let since = self.unreachable_since_ms.load(Ordering::Relaxed);
+        agent_status::AppReport {
+            reachable: since == 0,
+            unreachable_since: (since != 0)
+                .then(|| std::time::UNIX_EPOCH + std::time::Duration::from_millis(since)),
+            unreachable_total: self.unreachable_total.load(Ordering::Relaxed),
+        }
+    }
+}
 
 /// What every worker's [`Agent`] shares.
 pub struct AgentShared {
@@ -30,6 +77,8 @@ pub struct AgentShared {
     pub live: Live,
     /// With `--access-log`.
     pub access_log: Option<AccessLog>,
+    /// Whether the app answered the last connection attempt.
+    pub app: AppHealth,
     /// Generation of the map the last "own key missing" warning was about, so it is logged
     /// once per map change rather than per request (and per worker).
     warned_generation: AtomicU64,
@@ -41,6 +90,7 @@ impl AgentShared {
             settings,
             live,
             access_log,
+            app: AppHealth::default(),
             warned_generation: AtomicU64::new(0),
         }
     }
@@ -239,7 +289,12 @@ impl Handler for Agent {
             )
             .await
         {
-            Ok(response) => body::streamed(response, None),
+            Ok(mut response) => {
+                self.app.reached();
+                // Only the agent says whether the app is reachable.
+                response.headers_mut().remove(APP_STATE);
+                body::streamed(response, None)
+            }
             Err(error) => return self.failed(&error, conn),
         };
         let head_time = sent.elapsed();
@@ -295,7 +350,16 @@ impl Agent {
             }
             ErrorSource::Upstream => {
                 self.metrics.upstream_error(error);
-                tracing::warn!(%error, "app did not answer");
+                if error.is_connect() {
+                    // Never delivered: the proxy may send it to another member.
+                    self.app.unreachable(error);
+                    response.headers_mut().insert(
+                        APP_STATE,
+                        http::HeaderValue::from_static(agent_status::APP_UNREACHABLE),
+                    );
+                } else {
+                    tracing::warn!(%error, "app did not answer");
+                }
             }
             ErrorSource::Internal => tracing::error!(%error, "cannot forward the request"),
         }

@@ -7,6 +7,9 @@
 //! | sticky route of a member | no (error, disabled, unresolved) | `--nofailover`: 503 + `Retry-After`; else a weighted pick |
 //! | sticky route nobody has | — | weighted pick (`--unknown-route reject`: 503) |
 //! | no sticky value, or no route in it | — | weighted pick |
+//!
+//! A member's agent that answers for an app it could not reach (see [`app_reached`]) is a
+//! failed connection to that member, like a refused one.
 
 use crate::balance::{account_sticky, pick};
 use crate::config::{Settings, UnknownRoute};
@@ -14,6 +17,7 @@ use crate::member::{InFlight, Member};
 use crate::metrics::{Metrics, Outcome};
 use crate::sticky::Sticky;
 use crate::table::MemberTable;
+use http::uri::Authority;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use routemap::{RouteId, Status};
@@ -22,16 +26,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use stickyroute_relay::access_log::{AccessLog, Fields, UploadCount};
-use stickyroute_relay::body::{self, Body, Meter, OutgoingBody};
+use stickyroute_relay::agent_status;
+use stickyroute_relay::body::{self, Body, Meter, OutgoingBody, Streamed};
 use stickyroute_relay::clock::now_ms;
 use stickyroute_relay::headers::{self, Forwarded};
 use stickyroute_relay::request;
 use stickyroute_relay::serve::stats::{ServeStats, status_class};
 use stickyroute_relay::serve::{ConnInfo, Handler};
-use stickyroute_relay::upstream::Requester;
 use stickyroute_relay::upstream::forward::{
     ErrorSource, ForwardError, Origin, Prepared, UpstreamFailure, Upstreams,
 };
+use stickyroute_relay::upstream::{PoolError, Requester};
 
 /// At most this many members are tried for one request whose connections fail.
 const MAX_ATTEMPTS: usize = 3;
@@ -211,6 +216,7 @@ impl Proxy {
                 .upstreams
                 .send(&mut head, outgoing, authority, requester)
                 .await
+                .and_then(|response| app_reached(response, authority))
             {
                 Ok(response) => {
                     let head_time = sent.elapsed();
@@ -266,6 +272,11 @@ impl Proxy {
                 None => Some(Unsent::Empty),
                 Some(mut reclaim) => reclaim.try_recv().ok().map(Unsent::Body),
             };
+            // An agent whose app is down may have read some of the body: the member is in
+            // error all the same, but the request cannot be sent again.
+            if reclaimed.is_none() && error.is_connect() {
+                return self.failed(&error, outcome, member, choice.route_changed, &uploaded);
+            }
             let next = match (error.is_connect() && may_retry, reclaimed) {
                 (true, Some(body)) => {
                     tried.push(choice.index);
@@ -341,6 +352,31 @@ impl Proxy {
             response.extensions_mut().insert(fields);
         }
     }
+}
+
+/// A member's agent that answers for an app it could not reach (see
+/// [`agent_status::APP_STATE_HEADER`]) delivered nothing: its answer is taken as a failed
+/// connection to the member. Any other answer loses the header.
+fn app_reached(
+    mut response: Response<Streamed>,
+    authority: &Authority,
+) -> Result<Response<Streamed>, ForwardError> {
+    let Some(state) = response
+        .headers_mut()
+        .remove(agent_status::APP_STATE_HEADER)
+    else {
+        return Ok(response);
+    };
+    if state != agent_status::APP_UNREACHABLE {
+        return Ok(response);
+    }
+    Err(ForwardError::Connect {
+        upstream: authority.clone(),
+        source: PoolError::Connect(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "its agent could not reach the app",
+        )),
+    })
 }
 
 fn no_member(members: &[Arc<Member>]) -> Refusal {

@@ -42,6 +42,42 @@ pub struct AgentStatus {
     pub map: MapReport,
     #[serde(default)]
     pub draining: bool,
+    /// Whether the agent can reach its app, as the last exchange found it.
+    #[serde(default)]
+    pub app: AppReport,
+}
+
+/// The header an agent puts on its answer when it could not reach its app (the connection
+/// was refused or timed out, so the request was never delivered): the proxy in front takes
+/// the answer as a failed connection to that member, retries the request elsewhere when it
+/// may, and removes the header. The agent removes it from what its app sends, so only the
+/// agent can raise it.
+pub const APP_STATE_HEADER: &str = "stickyroute-app";
+/// [`APP_STATE_HEADER`]'s value: the app could not be reached.
+pub const APP_UNREACHABLE: &str = "unreachable";
+
+/// The app behind an agent, as its traffic finds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppReport {
+    /// False from a connection the app refused (or that timed out) until one succeeds.
+    pub reachable: bool,
+    /// Since when it has been unreachable.
+    #[serde(default, with = "rfc3339::option")]
+    pub unreachable_since: Option<SystemTime>,
+    /// Requests the app could not be reached for, since start.
+    #[serde(default)]
+    pub unreachable_total: u64,
+}
+
+impl Default for AppReport {
+    /// An older agent says nothing about its app: it is taken as reachable.
+    fn default() -> Self {
+        AppReport {
+            reachable: true,
+            unreachable_since: None,
+            unreachable_total: 0,
+        }
+    }
 }
 
 /// The keys the agent looks its own map entry up by.
@@ -275,6 +311,13 @@ mod tests {
             default_route: None,
             map: MapReport::from(&map_status()),
             draining: false,
+            app: AppReport {
+                reachable: false,
+                unreachable_since: Some(
+                    SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_002_000),
+                ),
+                unreachable_total: 4,
+            },
         }
     }
 
@@ -304,6 +347,7 @@ mod tests {
                 "reload_errors": 1,
             },
             "draining": false,
+            "app": {"reachable": false, "unreachable_since": "2023-11-14T22:13:22.000Z", "unreachable_total": 4},
         })
     }
 
@@ -338,6 +382,13 @@ mod tests {
         newer["routes"][0]["weight"] = json!(3);
         let status: AgentStatus = serde_json::from_value(newer).unwrap();
         assert_eq!(status, report());
+        let mut older = wire();
+        older.as_object_mut().unwrap().remove("app");
+        let status: AgentStatus = serde_json::from_value(older).unwrap();
+        assert!(
+            status.app.reachable,
+            "an agent that does not say is taken as reachable"
+        );
 
         let minimal: AgentStatus =
             serde_json::from_value(json!({"map": {"hash": HASH, "generation": 1}})).unwrap();

@@ -7,6 +7,7 @@
 //! | `/logout` | deletes the session cookie (`Max-Age=0`) |
 //! | `/cookies` | answers with three `Set-Cookie` headers |
 //! | `/cache?cc=V` | answers with `Cache-Control: V` |
+//! | `/echo-header?name=N&value=V` | answers with the header `N: V` |
 //! | `/download?bytes=N` | streams N bytes |
 //! | `/upload` | counts the streamed request body, answers the count |
 //! | `/slow?ms=N` | answers after N ms |
@@ -215,6 +216,16 @@ async fn handle(
                 HeaderValue::from_str(&v.replace("%20", " ").replace("%22", "\"")).ok()
             }) {
                 r.headers_mut().insert(header::CACHE_CONTROL, cc);
+            }
+            r
+        }
+        "/echo-header" => {
+            let mut r = describe(&state, &req, session.as_deref(), count);
+            let name =
+                query(&req, "name").and_then(|n| header::HeaderName::from_bytes(n.as_bytes()).ok());
+            let value = query(&req, "value").and_then(|v| HeaderValue::from_str(&v).ok());
+            if let (Some(name), Some(value)) = (name, value) {
+                r.headers_mut().insert(name, value);
             }
             r
         }

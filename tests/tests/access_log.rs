@@ -85,6 +85,7 @@ async fn every_sticky_outcome_is_in_the_proxys_line() {
     send("/hit", Some("balanceid=route.www1")).await;
     send("/unknown", Some("balanceid=route.nosuch")).await;
     send("/drained", Some("balanceid=route.www3")).await;
+    send("/malformed", Some("balanceid=noroute")).await;
     // www4 refuses the connection: the session fails over to a member that answers.
     let failover = send("/failover", Some("balanceid=route.www4")).await;
     assert_eq!(failover.status, 200);
@@ -134,6 +135,13 @@ async fn every_sticky_outcome_is_in_the_proxys_line() {
     );
     assert_eq!(drained["route_changed"], false);
 
+    let malformed = json_line(&log, "/malformed").await;
+    assert_eq!(malformed["sticky"], "malformed");
+    assert!(
+        malformed["route_changed"].is_null(),
+        "no route in the value: {malformed}"
+    );
+
     let failover = json_line(&log, "/failover").await;
     assert_eq!(failover["sticky"], "failover");
     assert_eq!(failover["route_changed"], true);
@@ -172,6 +180,25 @@ async fn every_sticky_outcome_is_in_the_proxys_line() {
     assert_eq!(line["sticky"], "nofailover_503");
     assert_eq!(line["status"], 503);
     assert_eq!(line["route"], "www4");
+
+    // A map whose only member is down: a new session has nowhere to go.
+    let dead_map = dir.path().join("dead-routemap");
+    std::fs::write(&dead_map, format!("127.0.0.5 www4 port={dead}\n")).unwrap();
+    let log3 = dir.path().join("no-member.log");
+    let stranded = Proxy::builder(&dead_map)
+        .args(&[
+            "--access-log",
+            log3.to_str().unwrap(),
+            "--access-log-format",
+            "json",
+        ])
+        .start();
+    stranded.wait_members(1).await;
+    let refused = get(stranded.addr, "/nowhere").send().await;
+    assert_eq!(refused.status, 503);
+    let line = json_line(&log3, "/nowhere").await;
+    assert_eq!(line["sticky"], "no_member_503");
+    assert_eq!(line["status"], 503);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
