@@ -75,6 +75,9 @@ impl AgentAdmin {
                 if self.lifecycle.is_draining() {
                     problems.push("shutting down");
                 }
+                if self.agent.app.check_failing() {
+                    problems.push("the app fails its health check");
+                }
                 admin::readyz(&problems)
             }
             "/metrics" => {

@@ -5,6 +5,7 @@
 //! log level ([`LogLevelOptions`]) are applied on SIGHUP (see [`reloadable`]), everything
 //! else needs a restart.
 
+use crate::app_health::AppCheck;
 use crate::identity::Identity;
 use crate::inject::{CookieAttributes, CookieSecure, DomainMode, SameSite};
 use crate::session::SessionMatcher;
@@ -26,7 +27,7 @@ use stickyroute_relay::settings::shared::{
     AGENT_PORT, AccessLogOptions, AdminOptions, ClientLimitOptions, LogFormat, LogFormatOptions,
     LogLevelOptions, MapOptions, ShutdownOptions, UpstreamOptions, WorkerOptions,
 };
-use stickyroute_relay::settings::{Layered, SettingsError, keys_of, load};
+use stickyroute_relay::settings::{Layered, SettingsError, Span, keys_of, load};
 use stickyroute_relay::upstream::forward::UpstreamTimeouts;
 
 pub const LISTEN: SocketAddr =
@@ -76,6 +77,8 @@ pub struct AgentOptions {
     pub client_limits: ClientLimitOptions,
     #[command(flatten)]
     pub shutdown: ShutdownOptions,
+    #[command(flatten)]
+    pub app_health: AppHealthOptions,
     // The groups a reload applies, last: each one's help heading carries over to the
     // groups after it.
     #[command(flatten)]
@@ -91,6 +94,23 @@ pub fn reloadable() -> BTreeSet<String> {
     let mut keys = keys_of::<CookieOptions>();
     keys.extend(keys_of::<LogLevelOptions>());
     keys
+}
+
+/// The active check of the app, off unless `--app-health-path` is given.
+#[derive(Debug, Clone, Args)]
+pub struct AppHealthOptions {
+    /// GET this path on the app at an interval: after 2 failures in a row (no answer in
+    /// time, or a status other than 2xx/3xx) the agent forwards nothing, answers as for an
+    /// unreachable app (the proxy sends the request to another member) and reports unready;
+    /// after 2 passes it forwards again.
+    #[arg(long, value_name = "PATH")]
+    pub app_health_path: Option<String>,
+    /// Time between checks.
+    #[arg(long, default_value_t = Span::from_secs(2), value_name = "DURATION")]
+    pub app_health_interval: Span,
+    /// How long the app has to answer a check.
+    #[arg(long, default_value_t = Span::from_secs(1), value_name = "DURATION")]
+    pub app_health_timeout: Span,
 }
 
 /// Which entry of the map is this instance's.
@@ -197,6 +217,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// `--access-log`, opened when the agent starts.
     pub access_log: Option<AccessLogConfig>,
+    /// `--app-health-path`, with its timing.
+    pub app_check: Option<AppCheck>,
     /// Applied to the running logger by a reload.
     pub log_level: LogFilter,
     pub shutdown: ShutdownTiming,
@@ -248,11 +270,31 @@ impl Settings {
             max_connections: options.client_limits.max_connections(),
             log_format: options.log_format.log_format,
             access_log: options.access_log.config(&layered)?,
+            app_check: app_check(&layered)?,
             log_level: options.log_level.filter(&layered)?,
             shutdown: options.shutdown.timing(),
             source: layered,
         })
     }
+}
+
+/// `--app-health-path`, checked: a path (and query) the app can be asked for.
+fn app_check(layered: &Layered<AgentOptions>) -> Result<Option<AppCheck>, SettingsError> {
+    let options = &layered.options.app_health;
+    let Some(path) = &options.app_health_path else {
+        return Ok(None);
+    };
+    if !path.starts_with('/') || http::uri::PathAndQuery::try_from(path.as_str()).is_err() {
+        return Err(layered.invalid(
+            "app_health_path",
+            format!("{path:?} is not a path such as /healthz"),
+        ));
+    }
+    Ok(Some(AppCheck {
+        path: path.clone(),
+        interval: options.app_health_interval.get(),
+        timeout: options.app_health_timeout.get(),
+    }))
 }
 
 impl CookiePolicy {
@@ -372,6 +414,32 @@ mod tests {
             .err()
             .unwrap()
             .to_string()
+    }
+
+    #[test]
+    fn the_app_check_needs_a_path() {
+        let e = error(&["--track-all", "--app-health-path", "healthz"]);
+        assert!(
+            e.starts_with("--app-health-path") && e.contains("/healthz"),
+            "{e}"
+        );
+        let s = Settings::read(
+            &argv(&[
+                "--track-all",
+                "--app-health-path",
+                "/healthz?deep=1",
+                "--app-health-interval",
+                "500ms",
+            ]),
+            None,
+        )
+        .unwrap();
+        let check = s.app_check.unwrap();
+        assert_eq!(
+            (check.path.as_str(), check.interval),
+            ("/healthz?deep=1", std::time::Duration::from_millis(500))
+        );
+        assert_eq!(check.timeout, std::time::Duration::from_secs(1));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The request path: forward to the app, and set the sticky cookie when the exchange
 //! belongs to a session and the client does not already carry this instance's route.
 
+use crate::app_health::AppHealth;
 use crate::config::Settings;
 use crate::identity::Identity;
 use crate::inject::{self, DomainMode, Reason};
@@ -26,49 +27,12 @@ use stickyroute_relay::upstream::forward::{ErrorSource, ForwardError, Upstreams}
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const APP_STATE: HeaderName = HeaderName::from_static(agent_status::APP_STATE_HEADER);
 
-/// The app as the agent's traffic finds it: unreachable from a connection it refused (or
-/// that timed out) until one succeeds. Kept in atomics: every request reads or writes it.
-#[derive(Debug, Default)]
-pub struct AppHealth {
-    /// Wall-clock milliseconds since the epoch when it became unreachable; 0 while reachable.
-    unreachable_since_ms: AtomicU64,
-    unreachable_total: AtomicU64,
-}
-
-impl AppHealth {
-    fn reached(&self) {
-        if self.unreachable_since_ms.load(Ordering::Relaxed) != 0 {
-            self.unreachable_since_ms.store(0, Ordering::Relaxed);
-            tracing::info!("the app answers again");
-        }
-    }
-
-    fn unreachable(&self, error: &ForwardError) {
-        self.unreachable_total.fetch_add(1, Ordering::Relaxed);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| {
-                u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-            });
-        if self
-            .unreachable_since_ms
-            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            tracing::warn!(%error, "the app cannot be reached; the proxy is told with each answer");
-        }
-    }
-
-    /// For `/status`.
-    pub fn report(&self) -> agent_status::AppReport {
-        let since = self.unreachable_since_ms.load(Ordering::Relaxed);
-        agent_status::AppReport {
-            reachable: since == 0,
-            unreachable_since: (since != 0)
-                .then(|| std::time::UNIX_EPOCH + std::time::Duration::from_millis(since)),
-            unreachable_total: self.unreachable_total.load(Ordering::Relaxed),
-        }
-    }
+/// Tells the proxy in front that this request never reached the app.
+fn mark_unreachable(response: &mut Response<Body>) {
+    response.headers_mut().insert(
+        APP_STATE,
+        http::HeaderValue::from_static(agent_status::APP_UNREACHABLE),
+    );
 }
 
 /// What every worker's [`Agent`] shares.
@@ -77,8 +41,8 @@ pub struct AgentShared {
     pub live: Live,
     /// With `--access-log`.
     pub access_log: Option<AccessLog>,
-    /// Whether the app answered the last connection attempt.
-    pub app: AppHealth,
+    /// Whether the app can be reached.
+    pub app: Arc<AppHealth>,
     /// Generation of the map the last "own key missing" warning was about, so it is logged
     /// once per map change rather than per request (and per worker).
     warned_generation: AtomicU64,
@@ -90,7 +54,7 @@ impl AgentShared {
             settings,
             live,
             access_log,
-            app: AppHealth::default(),
+            app: Arc::new(AppHealth::default()),
             warned_generation: AtomicU64::new(0),
         }
     }
@@ -269,6 +233,15 @@ impl Handler for Agent {
         if let Some(answer) = request::admit_or_answer(&mut request, &self.stats, conn.remote) {
             return answer;
         }
+        if self.app.check_failing() {
+            self.app.unreachable(&"the app fails its health check");
+            let mut response = body::text(
+                http::StatusCode::BAD_GATEWAY,
+                "502 Bad Gateway: the app fails its health check\n",
+            );
+            mark_unreachable(&mut response);
+            return response;
+        }
         self.settings.identity.note_local(conn.local.ip());
         let plan = self.plan(&request, conn.local.ip());
         let origin = conn.origin(Forwarded::BehindProxy);
@@ -353,10 +326,7 @@ impl Agent {
                 if error.is_connect() {
                     // Never delivered: the proxy may send it to another member.
                     self.app.unreachable(error);
-                    response.headers_mut().insert(
-                        APP_STATE,
-                        http::HeaderValue::from_static(agent_status::APP_UNREACHABLE),
-                    );
+                    mark_unreachable(&mut response);
                 } else {
                     tracing::warn!(%error, "app did not answer");
                 }

@@ -7,10 +7,12 @@
 //! - [`session`]: whether a request or response belongs to an app session.
 //! - [`inject`]: the Set-Cookie header and the shared-cache marking.
 //! - [`handler`]: the request path that ties them together.
+//! - [`app_health`]: whether the app can be reached (its traffic, `--app-health-path`).
 //! - [`admin`] and [`metrics`]: what operators see.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod app_health;
 pub mod config;
 pub mod handler;
 pub mod identity;

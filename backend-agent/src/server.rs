@@ -53,11 +53,23 @@ pub async fn run(
         Some(config) => Some(config.open()?),
         None => None,
     };
+    let app_check = settings.app_check.clone();
+    let upstream = settings.upstream.clone();
     let shared = Arc::new(AgentShared::new(
         settings,
         map.live.clone(),
         access_log.clone(),
     ));
+    if let Some(check) = app_check {
+        // A pool of its own on this runtime, as the proxy's health checks have.
+        let probes = Upstreams::new(timeouts, lifecycle.tunnels());
+        tokio::spawn(crate::app_health::run(
+            shared.app.clone(),
+            probes,
+            upstream,
+            check,
+        ));
+    }
     let admin = AgentAdmin {
         agent: Arc::new(Agent::new(
             shared.clone(),

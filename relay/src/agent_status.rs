@@ -67,6 +67,9 @@ pub struct AppReport {
     /// Requests the app could not be reached for, since start.
     #[serde(default)]
     pub unreachable_total: u64,
+    /// `--app-health-path` fails: the agent forwards nothing and is unready.
+    #[serde(default)]
+    pub check_failing: bool,
 }
 
 impl Default for AppReport {
@@ -76,6 +79,7 @@ impl Default for AppReport {
             reachable: true,
             unreachable_since: None,
             unreachable_total: 0,
+            check_failing: false,
         }
     }
 }
@@ -317,6 +321,7 @@ mod tests {
                     SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_002_000),
                 ),
                 unreachable_total: 4,
+                check_failing: true,
             },
         }
     }
@@ -347,7 +352,7 @@ mod tests {
                 "reload_errors": 1,
             },
             "draining": false,
-            "app": {"reachable": false, "unreachable_since": "2023-11-14T22:13:22.000Z", "unreachable_total": 4},
+            "app": {"reachable": false, "unreachable_since": "2023-11-14T22:13:22.000Z", "unreachable_total": 4, "check_failing": true},
         })
     }
 

@@ -117,3 +117,47 @@ async fn an_app_cannot_raise_the_agents_header() {
     let status = get(agent.admin, "/status").send().await.json();
     assert_eq!(status["app"]["reachable"], true, "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_failing_its_health_check_gets_no_requests_and_its_agent_is_unready() {
+    let dir = tempfile::tempdir().unwrap();
+    let app1 = TestApp::start("app1", "127.0.0.12").await;
+    let app2 = TestApp::start("app2", "127.0.0.13").await;
+    let (p1, p2) = (free_port("127.0.0.2"), free_port("127.0.0.3"));
+    let map = dir.path().join("routemap");
+    std::fs::write(
+        &map,
+        format!("127.0.0.2 www1 port={p1}\n127.0.0.3 www2 port={p2}\n"),
+    )
+    .unwrap();
+    // The app answers, but its health path says it is not well.
+    let agent1 = Agent::builder_at(&format!("127.0.0.2:{p1}"), "127.0.0.2:0", app1.addr(), &map)
+        .args(&[
+            "--track-all",
+            "--app-health-path",
+            "/status/503",
+            "--app-health-interval",
+            "50ms",
+        ])
+        .start();
+    let _agent2 = agent("127.0.0.3", p2, &app2, &map).await;
+    let proxy = Proxy::builder(&map).start();
+    proxy.wait_members(2).await;
+    stickyroute_tests::eventually_async(
+        "the agent to report unready",
+        stickyroute_tests::PATIENCE,
+        || async {
+            let reply = get(agent1.admin, "/readyz").try_send().await.ok()?;
+            (reply.status == 503 && reply.text().contains("health check")).then_some(())
+        },
+    )
+    .await;
+    for i in 0..20 {
+        let reply = get(proxy.addr, "/").send().await;
+        assert_eq!(reply.status, 200, "new session {i}");
+        assert_eq!(reply.json()["app"], "app2", "new session {i}");
+    }
+    let status = get(agent1.admin, "/status").send().await.json();
+    assert_eq!(status["app"]["check_failing"], true, "{status}");
+    assert_eq!(status["app"]["reachable"], false, "{status}");
+}

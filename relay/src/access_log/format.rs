@@ -152,7 +152,9 @@ fn civil_from_days(days: u64) -> (u64, u8, u8) {
 
 #[derive(Serialize)]
 struct JsonLine<'a> {
-    time: String,
+    /// Written straight into the line, not through a `String` of its own.
+    #[serde(serialize_with = "as_text")]
+    time: humantime::Rfc3339Timestamp,
     client: std::net::IpAddr,
     method: &'a str,
     target: &'a str,
@@ -176,10 +178,17 @@ struct JsonLine<'a> {
     cookie_reason: Option<&'static str>,
 }
 
+fn as_text<S: serde::Serializer>(
+    value: &impl std::fmt::Display,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
+}
+
 fn json(record: &Record, out: &mut Vec<u8>) {
     let f = &record.fields;
     let line = JsonLine {
-        time: humantime::format_rfc3339_micros(record.time).to_string(),
+        time: humantime::format_rfc3339_micros(record.time),
         client: record.client,
         method: record.method.as_str(),
         target: &record.target,
