@@ -280,14 +280,15 @@ impl Handler for Agent {
                 Ok((route, reason)) => ("issued", reason.as_str(), Some(route)),
                 Err(no) => ("none", no.as_str(), None),
             };
-            response.extensions_mut().insert(Fields {
+            let fields = Fields {
                 route,
                 upstream_head: Some(head_time),
                 cookie: Some(cookie),
                 cookie_reason: Some(reason),
-                uploaded,
+                uploaded: uploaded.map(|u| u as Arc<dyn Meter>),
                 ..Fields::default()
-            });
+            };
+            body::set_log_fields(&mut response, fields);
         }
         response
     }

@@ -191,10 +191,6 @@ impl Proxy {
         let mut unsent = Unsent::Body(body);
         let mut tried: Vec<usize> = Vec::new();
         let mut outcome = choice.outcome;
-        let uploaded = self
-            .access_log
-            .as_ref()
-            .map(|_| Arc::new(UploadCount::default()));
         loop {
             let member = &table.members()[choice.index];
             let Some(authority) = member.authority.as_ref() else {
@@ -202,8 +198,7 @@ impl Proxy {
             };
             // The request is in flight on this member until the last of the upload, the
             // response body and this function lets go of it, whichever path it takes.
-            let meter: Arc<dyn Meter> =
-                InFlight::start(member, self.settings.routing.load().retry, uploaded.clone());
+            let meter: Arc<dyn Meter> = InFlight::start(member, self.settings.routing.load().retry);
             let (outgoing, reclaim) = match unsent {
                 Unsent::Body(body) => self.upstreams.upload(body, Some(meter.clone())),
                 Unsent::Empty => (OutgoingBody::empty(Some(meter.clone())), None),
@@ -236,19 +231,23 @@ impl Proxy {
                         state.mark_ok();
                     }
                     self.metrics.outcome(outcome);
+                    let uploaded = self.access_log.as_ref().map(|_| meter.clone());
                     let mut response = body::streamed(response, Some(meter));
                     self.log_fields(&mut response, outcome, || Fields {
                         route: Some(member.route.clone()),
                         upstream: member.address,
                         upstream_head: Some(head_time),
                         route_changed: choice.route_changed,
-                        uploaded: uploaded.clone(),
+                        uploaded,
                         ..Fields::default()
                     });
                     return response;
                 }
                 Err(error) => error,
             };
+            // The access log's count of this attempt's upload, without keeping the request
+            // in flight on the member.
+            let uploaded = meter.uploaded();
             drop(meter);
             match error.source() {
                 ErrorSource::Client => {
@@ -256,11 +255,11 @@ impl Proxy {
                         self.stats.client_fault(fault);
                     }
                     tracing::debug!(client = %origin.client, route = %member.route, %error, "the client's upload failed; not the member's fault");
-                    return self.failed(&error, outcome, member, choice.route_changed, &uploaded);
+                    return self.failed(&error, outcome, member, choice.route_changed, uploaded);
                 }
                 ErrorSource::Internal => {
                     tracing::error!(route = %member.route, %error, "cannot forward the request");
-                    return self.failed(&error, outcome, member, choice.route_changed, &uploaded);
+                    return self.failed(&error, outcome, member, choice.route_changed, uploaded);
                 }
                 ErrorSource::Upstream => {}
             }
@@ -275,7 +274,7 @@ impl Proxy {
             // An agent whose app is down may have read some of the body: the member is in
             // error all the same, but the request cannot be sent again.
             if reclaimed.is_none() && error.is_connect() {
-                return self.failed(&error, outcome, member, choice.route_changed, &uploaded);
+                return self.failed(&error, outcome, member, choice.route_changed, uploaded);
             }
             let next = match (error.is_connect() && may_retry, reclaimed) {
                 (true, Some(body)) => {
@@ -310,7 +309,7 @@ impl Proxy {
                 }
                 None if error.is_connect() => return self.refuse(no_member(table.members())),
                 None => {
-                    return self.failed(&error, outcome, member, choice.route_changed, &uploaded);
+                    return self.failed(&error, outcome, member, choice.route_changed, uploaded);
                 }
             }
         }
@@ -323,7 +322,7 @@ impl Proxy {
         outcome: Outcome,
         member: &Member,
         route_changed: Option<bool>,
-        uploaded: &Option<Arc<UploadCount>>,
+        uploaded: u64,
     ) -> Response<Body> {
         self.metrics.outcome(outcome);
         let mut response = error_response(error);
@@ -331,7 +330,11 @@ impl Proxy {
             route: Some(member.route.clone()),
             upstream: member.address,
             route_changed,
-            uploaded: uploaded.clone(),
+            uploaded: (uploaded > 0).then(|| {
+                let count = UploadCount::default();
+                count.add(uploaded);
+                Arc::new(count) as Arc<dyn Meter>
+            }),
             ..Fields::default()
         });
         response
@@ -349,7 +352,7 @@ impl Proxy {
                 sticky: Some(outcome.as_str()),
                 ..fields()
             };
-            response.extensions_mut().insert(fields);
+            body::set_log_fields(response, fields);
         }
     }
 }

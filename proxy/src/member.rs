@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime};
-use stickyroute_relay::access_log::UploadCount;
 use stickyroute_relay::body::Meter;
 use stickyroute_relay::clock::now_ms;
 use stickyroute_relay::metrics::Histogram;
@@ -186,23 +185,19 @@ impl MemberState {
 pub struct InFlight {
     member: Arc<Member>,
     retry: Duration,
-    /// The request's own count of uploaded bytes, for its access log line.
-    uploaded: Option<Arc<UploadCount>>,
+    /// This attempt's uploaded bytes, for the request's access log line.
+    uploaded: AtomicU64,
 }
 
 impl InFlight {
     /// A request is sent to `member`; `retry` is how long a failure puts it in error.
-    pub fn start(
-        member: &Arc<Member>,
-        retry: Duration,
-        uploaded: Option<Arc<UploadCount>>,
-    ) -> Arc<Self> {
+    pub fn start(member: &Arc<Member>, retry: Duration) -> Arc<Self> {
         member.state.requests.fetch_add(1, Relaxed);
         member.state.busy.fetch_add(1, Relaxed);
         Arc::new(Self {
             member: member.clone(),
             retry,
-            uploaded,
+            uploaded: AtomicU64::new(0),
         })
     }
 }
@@ -216,9 +211,7 @@ impl Drop for InFlight {
 impl Meter for InFlight {
     fn received(&self, bytes: u64) {
         self.member.state.bytes_in.fetch_add(bytes, Relaxed);
-        if let Some(uploaded) = &self.uploaded {
-            uploaded.add(bytes);
-        }
+        self.uploaded.fetch_add(bytes, Relaxed);
     }
 
     fn sent(&self, bytes: u64) {
@@ -230,6 +223,10 @@ impl Meter for InFlight {
         state.failed(UpstreamFailure::of_io(error));
         state.mark_error(self.retry);
         tracing::warn!(route = %self.member.route, %error, retry = ?self.retry, "member failed in the middle of a response body; in error for the retry time");
+    }
+
+    fn uploaded(&self) -> u64 {
+        self.uploaded.load(Relaxed)
     }
 }
 

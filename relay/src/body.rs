@@ -29,6 +29,10 @@ pub trait Meter: Send + Sync + 'static {
     /// The upstream failed in the middle of the response body (it closed, broke the
     /// framing, or went silent for the idle timeout): its fault, never the client's.
     fn failed(&self, error: &std::io::Error);
+    /// Request body bytes this meter saw, for the access log.
+    fn uploaded(&self) -> u64 {
+        0
+    }
 }
 
 /// An upstream response body on its way to the client. A meter (the proxy's per-member
@@ -37,6 +41,9 @@ pub trait Meter: Send + Sync + 'static {
 pub struct Streamed {
     reader: BodyReader,
     meter: Option<Arc<dyn Meter>>,
+    /// What the handler adds to this exchange's access log line: carried here rather
+    /// than in the response's extensions, which cost three allocations per request.
+    log_fields: Option<Box<crate::access_log::Fields>>,
 }
 
 impl Streamed {
@@ -44,7 +51,16 @@ impl Streamed {
         Self {
             reader,
             meter: None,
+            log_fields: None,
         }
+    }
+
+    fn set_log_fields(&mut self, fields: crate::access_log::Fields) {
+        self.log_fields = Some(Box::new(fields));
+    }
+
+    fn take_log_fields(&mut self) -> Option<crate::access_log::Fields> {
+        self.log_fields.take().map(|fields| *fields)
     }
 }
 
@@ -111,6 +127,29 @@ pub fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) ->
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+/// Attaches a handler's access log fields to its response: on a streamed body, where it
+/// costs one allocation; on a body made here (errors, refusals), in the extensions.
+pub fn set_log_fields(response: &mut Response<Body>, fields: crate::access_log::Fields) {
+    match response.body_mut() {
+        Either::Left(streamed) => streamed.set_log_fields(fields),
+        Either::Right(_) => {
+            response.extensions_mut().insert(fields);
+        }
+    }
+}
+
+/// The fields [`set_log_fields`] attached, if any.
+pub(crate) fn take_log_fields(
+    head: &mut http::response::Parts,
+    body: &mut Body,
+) -> Option<crate::access_log::Fields> {
+    match body {
+        Either::Left(streamed) => streamed.take_log_fields(),
+        Either::Right(_) => None,
+    }
+    .or_else(|| head.extensions.remove())
 }
 
 /// Wraps an upstream response without copying its body; `meter` sees its bytes and end.

@@ -6,7 +6,6 @@
 
 use super::record::{Record, protocol};
 use serde::Serialize;
-use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -26,40 +25,41 @@ pub fn write(format: Format, record: &Record, out: &mut Vec<u8>) {
 }
 
 fn combined(record: &Record, out: &mut Vec<u8>) {
-    let mut line = String::with_capacity(256);
-    let _ = write!(line, "{} - - [", record.client);
-    clf_time(record.time, &mut line);
-    line.push_str("] \"");
-    escape_into(record.method.as_str(), &mut line);
-    line.push(' ');
-    escape_into(&record.target, &mut line);
-    line.push(' ');
-    line.push_str(protocol(record.version));
-    let _ = write!(line, "\" {} ", record.status);
+    use std::io::Write as _;
+    // Written straight into the worker's buffer: no line of its own to allocate and copy.
+    let _ = write!(out, "{} - - [", record.client);
+    clf_time(record.time, out);
+    out.extend_from_slice(b"] \"");
+    escape_into(record.method.as_str().as_bytes(), out);
+    out.push(b' ');
+    escape_into(record.target().as_bytes(), out);
+    out.push(b' ');
+    out.extend_from_slice(protocol(record.version).as_bytes());
+    let _ = write!(out, "\" {} ", record.status);
     match record.response_bytes {
-        0 => line.push('-'),
+        0 => out.push(b'-'),
         n => {
-            let _ = write!(line, "{n}");
+            let _ = write!(out, "{n}");
         }
     }
     for header in [&record.referer, &record.user_agent] {
-        line.push_str(" \"");
+        out.extend_from_slice(b" \"");
         match header {
-            Some(value) => escape_into(value, &mut line),
-            None => line.push('-'),
+            Some(value) => escape_into(value.as_bytes(), out),
+            None => out.push(b'-'),
         }
-        line.push('"');
+        out.push(b'"');
     }
     let f = &record.fields;
     let dash = "-";
     let _ = writeln!(
-        line,
-        " route={} member={} sticky={} route_changed={} duration={:.6} member_head={} request_bytes={} tls={} sni={} cookie={} cookie_reason={}",
+        out,
+        " route={} member={} sticky={} route_changed={} duration={} member_head={} request_bytes={} tls={} sni={} cookie={} cookie_reason={}",
         f.route.as_ref().map_or(dash, |r| r.as_str()),
         Maybe(f.upstream),
         f.sticky.unwrap_or(dash),
         f.route_changed.map_or(dash, |c| if c { "1" } else { "0" }),
-        record.duration.as_secs_f64(),
+        Seconds(record.duration),
         Maybe(f.upstream_head.map(Seconds)),
         record.request_bytes(),
         record.tls.as_ref().map_or(dash, |t| t.version),
@@ -71,7 +71,6 @@ fn combined(record: &Record, out: &mut Vec<u8>) {
         f.cookie.unwrap_or(dash),
         f.cookie_reason.unwrap_or(dash),
     );
-    out.extend_from_slice(line.as_bytes());
 }
 
 /// A value, or `-` when there is none.
@@ -86,43 +85,61 @@ impl<T: std::fmt::Display> std::fmt::Display for Maybe<T> {
     }
 }
 
-/// Seconds with microsecond precision.
+/// Seconds with microsecond precision, in integer arithmetic (cheaper than a float's).
 struct Seconds(Duration);
 
 impl std::fmt::Display for Seconds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:.6}", self.0.as_secs_f64())
+        write!(f, "{}.{:06}", self.0.as_secs(), self.0.subsec_micros())
     }
 }
 
 /// Apache's `ap_escape_logitem`: `"` and `\` get a backslash, common controls their C
 /// escape, and every other byte outside printable ASCII `\xhh`, so a line can neither be
 /// split nor have its quoted fields forged by what a client sends.
-fn escape_into(text: &str, out: &mut String) {
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            ' '..='~' => out.push(c),
-            c => {
-                let mut utf8 = [0; 4];
-                for byte in c.encode_utf8(&mut utf8).bytes() {
-                    let _ = write!(out, "\\x{byte:02x}");
-                }
-            }
+fn escape_into(text: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &byte in text {
+        match byte {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b' '..=b'~' => out.push(byte),
+            _ => out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX[usize::from(byte >> 4)],
+                HEX[usize::from(byte & 0xf)],
+            ]),
         }
     }
 }
 
-/// `10/Oct/2000:13:55:36 +0000`: Apache's `%t`, in UTC.
-fn clf_time(time: SystemTime, out: &mut String) {
+/// `10/Oct/2000:13:55:36 +0000`: Apache's `%t`, in UTC. A worker writes many lines within
+/// one second, so each thread keeps the last second's text.
+fn clf_time(time: SystemTime, out: &mut Vec<u8>) {
+    thread_local! {
+        static LAST: std::cell::RefCell<(u64, Vec<u8>)> = const { std::cell::RefCell::new((u64::MAX, Vec::new())) };
+    }
+    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != secs {
+            last.1.clear();
+            write_clf_time(secs, &mut last.1);
+            last.0 = secs;
+        }
+        out.extend_from_slice(&last.1);
+    });
+}
+
+fn write_clf_time(secs: u64, out: &mut Vec<u8>) {
+    use std::io::Write as _;
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (year, month, day) = civil_from_days(secs / 86_400);
     let of_day = secs % 86_400;
     let _ = write!(
@@ -157,7 +174,7 @@ struct JsonLine<'a> {
     time: humantime::Rfc3339Timestamp,
     client: std::net::IpAddr,
     method: &'a str,
-    target: &'a str,
+    target: std::borrow::Cow<'a, str>,
     protocol: &'static str,
     status: u16,
     request_bytes: u64,
@@ -170,12 +187,17 @@ struct JsonLine<'a> {
     route_changed: Option<bool>,
     tls_version: Option<&'static str>,
     sni: Option<&'a str>,
-    user_agent: Option<&'a str>,
-    referer: Option<&'a str>,
+    user_agent: Option<std::borrow::Cow<'a, str>>,
+    referer: Option<std::borrow::Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cookie: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cookie_reason: Option<&'static str>,
+}
+
+/// A header value as text (bytes that are not UTF-8 replaced, as JSON must be text).
+fn text(value: &http::HeaderValue) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(value.as_bytes())
 }
 
 fn as_text<S: serde::Serializer>(
@@ -191,7 +213,7 @@ fn json(record: &Record, out: &mut Vec<u8>) {
         time: humantime::format_rfc3339_micros(record.time),
         client: record.client,
         method: record.method.as_str(),
-        target: &record.target,
+        target: record.target(),
         protocol: protocol(record.version),
         status: record.status,
         request_bytes: record.request_bytes(),
@@ -204,8 +226,8 @@ fn json(record: &Record, out: &mut Vec<u8>) {
         route_changed: f.route_changed,
         tls_version: record.tls.as_ref().map(|t| t.version),
         sni: record.tls.as_ref().and_then(|t| t.sni.as_deref()),
-        user_agent: record.user_agent.as_deref(),
-        referer: record.referer.as_deref(),
+        user_agent: record.user_agent.as_ref().map(text),
+        referer: record.referer.as_ref().map(text),
         cookie: f.cookie,
         cookie_reason: f.cookie_reason,
     };
@@ -231,7 +253,7 @@ mod tests {
             time: UNIX_EPOCH + Duration::from_secs(971_186_136),
             client: "192.0.2.7".parse().unwrap(),
             method: Method::POST,
-            target: "/login?next=/a\"b".into(),
+            uri: "/login?next=/a%22b".parse().unwrap(),
             version: Version::HTTP_11,
             status: 200,
             response_bytes: 2326,
@@ -241,7 +263,7 @@ mod tests {
                 sni: Some("shop.example".into()),
                 alpn: None,
             })),
-            user_agent: Some("curl/8 \u{e9}\n".into()),
+            user_agent: Some(http::HeaderValue::from_bytes(b"curl/8 \xc3\xa9\"\t").unwrap()),
             referer: None,
             fields: Fields {
                 route: Some(RouteId::parse("www1").unwrap()),
@@ -262,7 +284,7 @@ mod tests {
         write(Format::Combined, &record(), &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "192.0.2.7 - - [10/Oct/2000:13:55:36 +0000] \"POST /login?next=/a\\\"b HTTP/1.1\" 200 2326 \"-\" \"curl/8 \\xc3\\xa9\\n\" \
+            "192.0.2.7 - - [10/Oct/2000:13:55:36 +0000] \"POST /login?next=/a%22b HTTP/1.1\" 200 2326 \"-\" \"curl/8 \\xc3\\xa9\\\"\\t\" \
              route=www1 member=127.0.0.2:8080 sticky=hit route_changed=0 duration=0.001500 member_head=0.000900 \
              request_bytes=12 tls=TLSv1.3 sni=shop.example cookie=- cookie_reason=-\n"
         );
@@ -291,7 +313,7 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(value["time"], "2000-10-10T13:55:36.000000Z");
         assert_eq!(value["client"], "192.0.2.7");
-        assert_eq!(value["target"], "/login?next=/a\"b");
+        assert_eq!(value["target"], "/login?next=/a%22b");
         assert_eq!(value["status"], 200);
         assert_eq!(value["request_bytes"], 12);
         assert_eq!(value["route"], "www1");
@@ -299,7 +321,7 @@ mod tests {
         assert_eq!(value["sticky"], "hit");
         assert_eq!(value["route_changed"], false);
         assert_eq!(value["sni"], "shop.example");
-        assert_eq!(value["user_agent"], "curl/8 \u{e9}\n");
+        assert_eq!(value["user_agent"], "curl/8 \u{e9}\"\t");
         assert!(value.get("cookie").is_none());
     }
 

@@ -50,23 +50,14 @@ impl Pending {
         tls: Option<Arc<TlsInfo>>,
         started: Instant,
     ) -> Pending {
-        let header = |name| {
-            request
-                .headers()
-                .get(name)
-                .map(|v: &http::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into())
-        };
-        let target = request
-            .uri()
-            .path_and_query()
-            .map_or_else(|| request.uri().to_string(), |pq| pq.as_str().to_owned());
+        let header = |name| request.headers().get(name).cloned();
         Pending {
             log: log.clone(),
             record: Record {
                 time: SystemTime::now(),
                 client,
                 method: request.method().clone(),
-                target: target.into(),
+                uri: request.uri().clone(),
                 version: request.version(),
                 status: 0,
                 response_bytes: 0,

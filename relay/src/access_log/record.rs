@@ -4,7 +4,7 @@
 //! the member was chosen, the cookie decision) as a response extension.
 
 use crate::tls::TlsInfo;
-use http::{Method, Version};
+use http::{HeaderValue, Method, Version};
 use routemap::RouteId;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime};
 
 /// What a handler adds to its response for the access log (`response.extensions`).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Fields {
     /// The member (or app) that answered: its route and address.
     pub route: Option<RouteId>,
@@ -27,8 +27,19 @@ pub struct Fields {
     /// The agent's cookie decision: `issued` or `none`, and why.
     pub cookie: Option<&'static str>,
     pub cookie_reason: Option<&'static str>,
-    /// Request body bytes forwarded, as counted while they were sent.
-    pub uploaded: Option<Arc<UploadCount>>,
+    /// Request body bytes forwarded, as the exchange's meter counted them.
+    pub uploaded: Option<Arc<dyn crate::body::Meter>>,
+}
+
+impl std::fmt::Debug for Fields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fields")
+            .field("route", &self.route)
+            .field("upstream", &self.upstream)
+            .field("sticky", &self.sticky)
+            .field("cookie", &self.cookie)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Request body bytes sent upstream for one request, counted by the forwarding meter.
@@ -54,6 +65,10 @@ impl crate::body::Meter for UploadCount {
     fn sent(&self, _bytes: u64) {}
 
     fn failed(&self, _error: &std::io::Error) {}
+
+    fn uploaded(&self) -> u64 {
+        self.get()
+    }
 }
 
 /// One finished request.
@@ -64,22 +79,36 @@ pub struct Record {
     /// After trusted-hop resolution.
     pub client: IpAddr,
     pub method: Method,
-    pub target: Box<str>,
+    /// The request's URI as it arrived (a reference-counted copy, not a new string).
+    pub uri: http::Uri,
     pub version: Version,
     pub status: u16,
     pub response_bytes: u64,
     /// From the complete request head to the end of the response body.
     pub duration: Duration,
     pub tls: Option<Arc<TlsInfo>>,
-    pub user_agent: Option<Box<str>>,
-    pub referer: Option<Box<str>>,
+    /// As sent, reference-counted: escaped (or made text) only when the line is written.
+    pub user_agent: Option<HeaderValue>,
+    pub referer: Option<HeaderValue>,
     pub fields: Fields,
 }
 
 impl Record {
+    /// The request's path and query (for an absolute-form or HTTP/2 request too), or the
+    /// whole URI when it has none (`CONNECT host:port`, `OPTIONS *`).
+    pub fn target(&self) -> std::borrow::Cow<'_, str> {
+        match self.uri.path_and_query() {
+            Some(pq) => pq.as_str().into(),
+            None => self.uri.to_string().into(),
+        }
+    }
+
     /// Request body bytes forwarded.
     pub fn request_bytes(&self) -> u64 {
-        self.fields.uploaded.as_ref().map_or(0, |count| count.get())
+        self.fields
+            .uploaded
+            .as_ref()
+            .map_or(0, |meter| meter.uploaded())
     }
 }
 

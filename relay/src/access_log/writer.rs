@@ -361,7 +361,7 @@ mod tests {
             time: SystemTime::now(),
             client: "127.0.0.1".parse().unwrap(),
             method: Method::GET,
-            target: target.into(),
+            uri: target.parse().unwrap(),
             version: Version::HTTP_11,
             status: 200,
             response_bytes: 5,

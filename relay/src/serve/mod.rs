@@ -20,7 +20,7 @@ pub mod listeners;
 pub mod proxy_protocol;
 pub mod stats;
 
-use crate::access_log::{AccessLog, Fields, Pending};
+use crate::access_log::{AccessLog, Pending};
 use crate::body::Body;
 use crate::tls::{TlsInfo, TlsServer};
 use admission::Admission;
@@ -394,10 +394,11 @@ async fn serve_connection<H, IO>(
                 Pending::new(log, &request, client, conn.tls.clone(), started)
             });
             let response = handler.handle(request, conn).await;
-            let (mut head, body) = response.into_parts();
+            let (mut head, mut body) = response.into_parts();
             stats.responded(head.status);
             let pending = pending.map(|mut pending| {
-                pending.respond(head.status, head.extensions.remove::<Fields>());
+                let fields = crate::body::take_log_fields(&mut head, &mut body);
+                pending.respond(head.status, fields);
                 pending
             });
             let body = Tracked::new(body, in_flight, stats, started, pending);
