@@ -3,7 +3,7 @@
 //!
 //! - The serving side: [`serve`] (the accept loop: HTTP/1.1 and HTTP/2 on one port, the
 //!   connection limit, deadlines for silent and slow clients, graceful connection
-//!   shutdown, the listeners bound before a server starts), [`tls`] (TLS termination,
+//!   shutdown, the listeners bound before a server starts, the PROXY protocol), [`tls`] (TLS termination,
 //!   certificates picked by SNI and followed live) and [`request`] (what a request
 //!   must be before any of it is forwarded).
 //! - The upstream client: [`upstream`] (one request to an upstream over a per-worker
@@ -17,8 +17,9 @@
 //! - Settings: [`settings`] (every setting declared once; defaults < config file <
 //!   environment < flags) and [`map`] (following the route map the settings name).
 //! - What the admin listeners share: [`admin`] (health, map metrics), [`metrics`] (the
-//!   Prometheus text format) and [`agent_status`] (the agent's `/status`, the contract
-//!   the proxy reads).
+//!   Prometheus text format, latency histograms) and [`agent_status`] (the agent's
+//!   `/status` and its in-band app state, the contract the proxy reads).
+//! - [`access_log`]: one line per request, written off the request path.
 //! - [`urlencoded`]: form bodies and query strings; [`html`]: escaping for served pages.
 #![forbid(unsafe_code)]
 

@@ -3,7 +3,7 @@
 //! the sticky fields, or as JSON.
 //!
 //! - [`record`]: what a line says, and what a handler adds to it ([`Fields`]).
-//! - [`format`]: the two line formats.
+//! - [`format`](mod@format): the two line formats.
 //! - [`writer`]: buffering off the request path, the writer thread, rotation.
 
 pub mod format;

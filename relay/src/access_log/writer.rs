@@ -4,12 +4,12 @@
 //! A worker formats its line into one of a few buffers (the first it can lock without
 //! waiting; in practice its own, since the writer holds a buffer only to swap it for an
 //! empty one). The writer thread swaps every buffer out every [`FLUSH_EVERY`], or sooner
-//! when one passes [`FLUSH_AT`], and writes them. A buffer is bounded ([`BUFFER_LIMIT`]):
+//! when one passes 64 KiB, and writes them. A buffer is bounded ([`BUFFER_LIMIT`]):
 //! when the disk cannot keep up, lines are dropped and counted, never queued without end
 //! and never waited for.
 //!
 //! A file is reopened when it was renamed or removed (logrotate's default `create` mode),
-//! checked every [`ROTATION_CHECK`], and at once on [`reopen_all`] (SIGUSR1), which is
+//! checked every second, and at once on [`reopen_all`] (SIGUSR1), which is
 //! process-wide as the signal is.
 
 use super::format::{self, Format};

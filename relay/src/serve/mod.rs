@@ -7,6 +7,7 @@
 //! | what the client does | what ends it |
 //! | --- | --- |
 //! | connects beyond the connection limit | closed at once ([`admission`]) |
+//! | is a peer that must send a PROXY protocol header and sends none, a broken one or half of one | closed after the header read timeout ([`proxy_protocol`]) |
 //! | opens a TLS listener's connection and stalls in the handshake | closed after the handshake timeout ([`crate::tls`]) |
 //! | sends nothing, part of a request head or of the HTTP/2 preface | closed after the header read timeout (`connection`) |
 //! | keeps an idle HTTP/1 or HTTP/2 connection after its last response | closed after the header read timeout |
@@ -56,6 +57,7 @@ const GOODBYE: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub local: SocketAddr,
+    /// The client: the peer, or the source a trusted balancer's PROXY protocol header named.
     pub remote: SocketAddr,
     /// Unique in this process.
     pub id: u64,

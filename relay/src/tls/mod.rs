@@ -3,7 +3,7 @@
 //! resumption by tickets (TLS 1.3 and 1.2) and a server-side session cache.
 //!
 //! - [`certs`]: the pairs, picked by SNI, swapped whole when a file changes.
-//! - [`follow`]: the task that re-reads the pairs' files when they change (the same
+//! - [`TlsServer::follow`]: the task that re-reads the pairs' files when they change (the same
 //!   directory watch as the route map: renames, the kubelet's `..data` swap of a mounted
 //!   Secret as cert-manager writes it, a periodic re-read) and on a reload.
 //!
