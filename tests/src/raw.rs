@@ -182,6 +182,20 @@ impl RawBackend {
         Self::start_on(SocketAddr::new(ip, 0), script).await
     }
 
+    /// A member on `ip` that answers every request head with `200 ok` on a kept-alive
+    /// connection, recording what it received (what the proxy forwarded, byte for byte).
+    pub async fn answering_ok(ip: &str) -> Self {
+        const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        Self::start(ip, |mut conn| async move {
+            while conn.read_head().await.is_some() {
+                if !conn.write(OK).await {
+                    return;
+                }
+            }
+        })
+        .await
+    }
+
     /// Like [`RawBackend::start`], on exactly `addr`.
     pub async fn start_on<F, Fut>(addr: SocketAddr, script: F) -> Self
     where

@@ -18,17 +18,19 @@ fn free_port(ip: &str) -> u16 {
         .port()
 }
 
-async fn agent(ip: &str, port: u16, app: &TestApp, map: &std::path::Path) -> Agent {
+/// An agent on `ip:port` in front of `app`, with `args`, once it is ready.
+async fn agent(ip: &str, port: u16, app: &TestApp, map: &std::path::Path, args: &[&str]) -> Agent {
     let agent = Agent::builder_at(&format!("{ip}:{port}"), &format!("{ip}:0"), app.addr(), map)
         .arg("--track-all")
+        .args(args)
         .start();
     agent.process.wait_ready(agent.admin).await;
     agent
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_sessions_avoid_a_dead_app_at_once_and_its_sessions_follow_nofailover() {
-    let dir = tempfile::tempdir().unwrap();
+/// Two apps, www1's on 127.0.0.12 and www2's on 127.0.0.13, and a map naming their agents
+/// on 127.0.0.2 and 127.0.0.3 (ports free a moment ago).
+async fn two_members(dir: &tempfile::TempDir) -> (TestApp, TestApp, std::path::PathBuf, u16, u16) {
     let app1 = TestApp::start("app1", "127.0.0.12").await;
     let app2 = TestApp::start("app2", "127.0.0.13").await;
     let (p1, p2) = (free_port("127.0.0.2"), free_port("127.0.0.3"));
@@ -38,8 +40,15 @@ async fn new_sessions_avoid_a_dead_app_at_once_and_its_sessions_follow_nofailove
         format!("127.0.0.2 www1 port={p1}\n127.0.0.3 www2 port={p2}\n"),
     )
     .unwrap();
-    let agent1 = agent("127.0.0.2", p1, &app1, &map).await;
-    let _agent2 = agent("127.0.0.3", p2, &app2, &map).await;
+    (app1, app2, map, p1, p2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_sessions_avoid_a_dead_app_at_once_and_its_sessions_follow_nofailover() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app1, app2, map, p1, p2) = two_members(&dir).await;
+    let agent1 = agent("127.0.0.2", p1, &app1, &map, &[]).await;
+    let _agent2 = agent("127.0.0.3", p2, &app2, &map, &[]).await;
     let proxy = Proxy::builder(&map)
         .args(&["--nofailover", "--retry", "30s"])
         .start();
@@ -104,7 +113,7 @@ async fn an_app_cannot_raise_the_agents_header() {
     let port = free_port("127.0.0.2");
     let map = dir.path().join("routemap");
     std::fs::write(&map, format!("127.0.0.2 www1 port={port}\n")).unwrap();
-    let agent = agent("127.0.0.2", port, &app, &map).await;
+    let agent = agent("127.0.0.2", port, &app, &map, &[]).await;
     // The test app echoes a header back when asked: the agent removes it.
     let reply = get(
         agent.addr,
@@ -121,16 +130,9 @@ async fn an_app_cannot_raise_the_agents_header() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_failing_its_health_check_gets_no_requests_and_its_agent_is_unready() {
     let dir = tempfile::tempdir().unwrap();
-    let app1 = TestApp::start("app1", "127.0.0.12").await;
-    let app2 = TestApp::start("app2", "127.0.0.13").await;
-    let (p1, p2) = (free_port("127.0.0.2"), free_port("127.0.0.3"));
-    let map = dir.path().join("routemap");
-    std::fs::write(
-        &map,
-        format!("127.0.0.2 www1 port={p1}\n127.0.0.3 www2 port={p2}\n"),
-    )
-    .unwrap();
+    let (app1, app2, map, p1, p2) = two_members(&dir).await;
     // The app answers, but its health path says it is not well.
+    // Not waited ready: it turns unready as soon as its check has failed twice.
     let agent1 = Agent::builder_at(&format!("127.0.0.2:{p1}"), "127.0.0.2:0", app1.addr(), &map)
         .args(&[
             "--track-all",
@@ -140,7 +142,7 @@ async fn an_app_failing_its_health_check_gets_no_requests_and_its_agent_is_unrea
             "50ms",
         ])
         .start();
-    let _agent2 = agent("127.0.0.3", p2, &app2, &map).await;
+    let _agent2 = agent("127.0.0.3", p2, &app2, &map, &[]).await;
     let proxy = Proxy::builder(&map).start();
     proxy.wait_members(2).await;
     stickyroute_tests::eventually_async(

@@ -11,21 +11,9 @@ use stickyroute_tests::raw::RawBackend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
-const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 /// The load balancer in front, in these tests.
 const BALANCER: &str = "127.0.0.9";
 const REQUEST: &[u8] = b"GET /cart HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n";
-
-async fn recording() -> RawBackend {
-    RawBackend::start("127.0.0.2", |mut conn| async move {
-        while conn.read_head().await.is_some() {
-            if !conn.write(OK).await {
-                return;
-            }
-        }
-    })
-    .await
-}
 
 /// Sends `bytes` from source address `from`; the whole answer.
 async fn send_from(from: &str, to: SocketAddr, bytes: &[u8]) -> String {
@@ -62,7 +50,7 @@ fn x_forwarded_for(received: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_balancers_header_names_the_client_and_nobody_else_can_claim_one() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = recording().await;
+    let backend = RawBackend::answering_ok("127.0.0.2").await;
     let map = write_map(dir.path(), &[("www1", backend.addr())]);
     let log = dir.path().join("access.log");
     let proxy = Proxy::builder(&map)

@@ -20,8 +20,6 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-
 /// A self-signed certificate for `names` (ECDSA P-256), as PEM files in `dir`.
 struct Pair {
     cert: PathBuf,
@@ -132,7 +130,11 @@ fn client(alpn: &[&[u8]]) -> TlsConnector {
 
 /// A TLS connection to `addr` naming `sni` (an IP address sends no SNI at all).
 async fn connect(connector: &TlsConnector, addr: SocketAddr, sni: &str) -> TlsStream<TcpStream> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
+    handshake(connector, TcpStream::connect(addr).await.unwrap(), sni).await
+}
+
+/// A TLS handshake naming `sni` over a TCP connection already open.
+async fn handshake(connector: &TlsConnector, tcp: TcpStream, sni: &str) -> TlsStream<TcpStream> {
     let name = ServerName::try_from(sni.to_owned()).unwrap();
     tokio::time::timeout(PATIENCE, connector.connect(name, tcp))
         .await
@@ -153,17 +155,6 @@ async fn https_get(addr: SocketAddr, sni: &str, head: &str) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
-}
-
-async fn recording_backend() -> RawBackend {
-    RawBackend::start("127.0.0.2", |mut conn| async move {
-        while conn.read_head().await.is_some() {
-            if !conn.write(OK).await {
-                return;
-            }
-        }
-    })
-    .await
 }
 
 fn tls_proxy(map: &Path, pairs: &[&Pair], extra: &[&str]) -> Proxy {
@@ -196,7 +187,7 @@ async fn status(proxy: &Proxy) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sni_picks_the_certificate_by_name_wildcards_included_and_the_first_pair_otherwise() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = recording_backend().await;
+    let backend = RawBackend::answering_ok("127.0.0.2").await;
     let map = write_map(dir.path(), &[("www1", backend.addr())]);
     let shop = ecdsa(dir.path(), "shop", &["shop.example"]);
     let api = ecdsa(dir.path(), "api", &["*.api.example"]);
@@ -230,7 +221,7 @@ async fn sni_picks_the_certificate_by_name_wildcards_included_and_the_first_pair
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_see_https_as_the_protocol_and_h2_is_negotiated_and_served() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = recording_backend().await;
+    let backend = RawBackend::answering_ok("127.0.0.2").await;
     let map = write_map(dir.path(), &[("www1", backend.addr())]);
     let shop = ecdsa(dir.path(), "shop", &["shop.example"]);
     let log = dir.path().join("access.log");
@@ -312,7 +303,7 @@ async fn members_see_https_as_the_protocol_and_h2_is_negotiated_and_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_returning_client_resumes_its_session() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = recording_backend().await;
+    let backend = RawBackend::answering_ok("127.0.0.2").await;
     let map = write_map(dir.path(), &[("www1", backend.addr())]);
     let shop = ecdsa(dir.path(), "shop", &["shop.example"]);
     let proxy = tls_proxy(&map, &[&shop], &[]);
@@ -339,7 +330,7 @@ async fn a_returning_client_resumes_its_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_secret_is_served_without_restart_and_a_broken_one_keeps_the_old() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = recording_backend().await;
+    let backend = RawBackend::answering_ok("127.0.0.2").await;
     let map = write_map(dir.path(), &[("www1", backend.addr())]);
     let first = ecdsa(dir.path(), "first", &["shop.example"]);
     let renewed = ecdsa(dir.path(), "renewed", &["shop.example"]);
@@ -412,7 +403,7 @@ async fn a_renewed_secret_is_served_without_restart_and_a_broken_one_keeps_the_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_or_plain_text_handshake_is_cut_off_and_counted_by_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = recording_backend().await;
+    let backend = RawBackend::answering_ok("127.0.0.2").await;
     let map = write_map(dir.path(), &[("www1", backend.addr())]);
     let shop = ecdsa(dir.path(), "shop", &["shop.example"]);
     let proxy = tls_proxy(&map, &[&shop], &["--tls-handshake-timeout", "300ms"]);
@@ -458,7 +449,7 @@ async fn a_stalled_or_plain_text_handshake_is_cut_off_and_counted_by_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_redirect_answers_plain_requests_with_308_to_the_tls_port() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = recording_backend().await;
+    let backend = RawBackend::answering_ok("127.0.0.2").await;
     let map = write_map(dir.path(), &[("www1", backend.addr())]);
     let shop = ecdsa(dir.path(), "shop", &["shop.example"]);
     let proxy = tls_proxy(&map, &[&shop], &["--https-redirect"]);
@@ -511,7 +502,7 @@ async fn https_redirect_answers_plain_requests_with_308_to_the_tls_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_and_openssl_s_client_see_the_certificate_for_the_name_they_ask() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = recording_backend().await;
+    let backend = RawBackend::answering_ok("127.0.0.2").await;
     let map = write_map(dir.path(), &[("www1", backend.addr())]);
     let shop = ecdsa(dir.path(), "shop", &["shop.example"]);
     let legacy = rsa(dir.path(), "legacy", "legacy.example");
@@ -564,7 +555,7 @@ async fn curl_and_openssl_s_client_see_the_certificate_for_the_name_they_ask() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_protocol_header_comes_before_the_handshake() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = recording_backend().await;
+    let backend = RawBackend::answering_ok("127.0.0.2").await;
     let map = write_map(dir.path(), &[("www1", backend.addr())]);
     let shop = ecdsa(dir.path(), "shop", &["shop.example"]);
     let proxy = tls_proxy(
@@ -579,11 +570,7 @@ async fn a_proxy_protocol_header_comes_before_the_handshake() {
     tcp.write_all(b"PROXY TCP4 192.0.2.7 10.0.0.1 56324 443\r\n")
         .await
         .unwrap();
-    let name = ServerName::try_from("shop.example".to_owned()).unwrap();
-    let mut stream = tokio::time::timeout(PATIENCE, client(&[b"http/1.1"]).connect(name, tcp))
-        .await
-        .expect("handshake in time")
-        .expect("handshake");
+    let mut stream = handshake(&client(&[b"http/1.1"]), tcp, "shop.example").await;
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n")
         .await

@@ -12,20 +12,8 @@ use stickyroute_tests::{PATIENCE, eventually_async};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
-const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 /// The proxy in front, in these tests.
 const TRUSTED: &str = "127.0.0.9";
-
-async fn recording() -> RawBackend {
-    RawBackend::start("127.0.0.2", |mut conn| async move {
-        while conn.read_head().await.is_some() {
-            if !conn.write(OK).await {
-                return;
-            }
-        }
-    })
-    .await
-}
 
 /// One request from source address `from`; the whole answer.
 async fn exchange_from(from: &str, to: SocketAddr, request: &str) -> String {
@@ -55,7 +43,7 @@ fn forwarded_of(backend: &RawBackend, i: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_hop_extends_the_chain_and_anyone_else_has_it_replaced() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = recording().await;
+    let backend = RawBackend::answering_ok("127.0.0.2").await;
     let map = write_map(dir.path(), &[("www1", backend.addr())]);
     let proxy = Proxy::builder(&map)
         .args(&["--trusted-proxy", &format!("{TRUSTED}/32,10.0.0.0/8")])
@@ -92,7 +80,7 @@ async fn a_trusted_hop_extends_the_chain_and_anyone_else_has_it_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_changes_who_is_trusted() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = recording().await;
+    let backend = RawBackend::answering_ok("127.0.0.2").await;
     let map = write_map(dir.path(), &[("www1", backend.addr())]);
     let config = dir.path().join("proxy.json");
     let write = |trusted: &[&str]| {
@@ -130,7 +118,7 @@ async fn a_reload_changes_who_is_trusted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_redirect_believes_only_a_trusted_hop_that_says_https() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = recording().await;
+    let backend = RawBackend::answering_ok("127.0.0.2").await;
     let map = write_map(dir.path(), &[("www1", backend.addr())]);
     let made = rcgen::generate_simple_self_signed(vec!["shop.example".to_owned()]).unwrap();
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
