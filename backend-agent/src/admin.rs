@@ -1,4 +1,11 @@
-//! The agent's admin endpoints: `/healthz`, `/readyz`, `/metrics`, `/status`.
+//! The agent's admin endpoints: `/healthz`, `/readyz`, `/metrics`, `/status`, and the
+//! drain: `GET /drain` (its state), `POST /drain` (begin; with `?wait`, answer once done),
+//! `DELETE /drain` (take it back), and `GET /prestop`, which begins a drain and answers once
+//! it is done, for Kubernetes' `preStop` hook (which can only send GET).
+//!
+//! Anyone who can reach the admin listener can drain the member, as with Apache's
+//! balancer-manager: keep it on loopback (the default) or let only the proxy and the
+//! kubelet reach it.
 
 use crate::handler::Agent;
 use crate::identity::MatchedBy;
@@ -56,7 +63,8 @@ impl AgentAdmin {
                 .as_ref()
                 .map(ToString::to_string),
             map: MapReport::from(&self.agent.live.status()),
-            draining: self.lifecycle.is_draining(),
+            draining: self.agent.drain.is_draining(),
+            drain: self.agent.drain.report(),
             app: self.agent.app.report(),
         }
     }
@@ -72,7 +80,9 @@ impl AgentAdmin {
                 if !self.agent.live.is_ready() {
                     problems.push("no route map loaded yet");
                 }
-                if self.lifecycle.is_draining() {
+                // A draining agent stays ready: its sessions still reach it (an EndpointSlice
+                // endpoint's `serving` follows readiness). It is unready once it stops.
+                if self.lifecycle.is_stopping() {
                     problems.push("shutting down");
                 }
                 if self.agent.app.check_failing() {
@@ -84,7 +94,7 @@ impl AgentAdmin {
                 let mut text = self
                     .agent
                     .metrics
-                    .render(&self.agent.live.status(), self.lifecycle.is_draining());
+                    .render(&self.agent.live.status(), self.agent.drain.is_draining());
                 admin::serve_metrics(&mut text, &self.agent.stats, &self.admin_stats);
                 if let Some(log) = &self.agent.access_log {
                     log.render(&mut text);
@@ -95,10 +105,56 @@ impl AgentAdmin {
             _ => admin::not_found(),
         }
     }
+
+    /// `/drain` and `/prestop`.
+    async fn drain(&self, request: &Request<Incoming>) -> Response<Body> {
+        let drain = &self.agent.drain;
+        let wait = request
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "wait" || p.starts_with("wait=")));
+        let path = request.uri().path();
+        match (request.method().clone(), path) {
+            (Method::GET | Method::HEAD, "/drain") => {
+                return body::json(StatusCode::OK, &drain.report());
+            }
+            (Method::POST, "/drain") if !wait => {
+                drain.start("POST /drain");
+                return body::json(StatusCode::ACCEPTED, &drain.report());
+            }
+            (Method::POST, "/drain") | (Method::GET, "/prestop") => {
+                let reason = if path == "/prestop" {
+                    "GET /prestop"
+                } else {
+                    "POST /drain"
+                };
+                drain.until_done(reason, std::time::Duration::ZERO).await;
+            }
+            (Method::DELETE, "/drain") => {
+                if self.lifecycle.is_draining() {
+                    return body::text(
+                        StatusCode::CONFLICT,
+                        "the agent is shutting down; its drain cannot be taken back\n",
+                    );
+                }
+                drain.cancel();
+            }
+            _ => {
+                return body::text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "use GET or POST /drain, DELETE /drain, GET /prestop\n",
+                );
+            }
+        }
+        body::json(StatusCode::OK, &drain.report())
+    }
 }
 
 impl Handler for AgentAdmin {
     async fn handle(&self, request: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
-        self.route(&request)
+        match request.uri().path() {
+            "/drain" | "/prestop" => self.drain(&request).await,
+            _ => self.route(&request),
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! refused, or that timed out, means the app is unreachable until one succeeds) and, with
 //! `--app-health-path`, from an active check. While the check fails the agent forwards
 //! nothing: it answers at once as for an unreachable app (so the proxy sends the request to
-//! another member, see [`agent_status::APP_STATE_HEADER`]) and reports unready, so that
+//! another member, see [`agent_status::MEMBER_STATE_HEADER`]) and reports unready, so that
 //! Kubernetes takes the pod out of its Service's endpoints too.
 //!
 //! Kept in atomics: every request reads it.

@@ -6,6 +6,7 @@
 //! else needs a restart.
 
 use crate::app_health::AppCheck;
+use crate::drain::DrainLimits;
 use crate::identity::Identity;
 use crate::inject::{CookieAttributes, CookieSecure, DomainMode, SameSite};
 use crate::session::SessionMatcher;
@@ -79,6 +80,8 @@ pub struct AgentOptions {
     pub shutdown: ShutdownOptions,
     #[command(flatten)]
     pub app_health: AppHealthOptions,
+    #[command(flatten)]
+    pub drain: DrainOptions,
     // The groups a reload applies, last: each one's help heading carries over to the
     // groups after it.
     #[command(flatten)]
@@ -111,6 +114,32 @@ pub struct AppHealthOptions {
     /// How long the app has to answer a check.
     #[arg(long, default_value_t = Span::from_secs(1), value_name = "DURATION")]
     pub app_health_timeout: Span,
+}
+
+pub const DRAIN_IDLE: Span = Span::from_secs(30);
+pub const DRAIN_TIMEOUT: Span = Span::from_secs(120);
+
+/// How a drain (SIGTERM, `POST /drain`) ends. While it lasts the proxy sends this member
+/// its sessions and no new ones.
+#[derive(Debug, Clone, Args)]
+pub struct DrainOptions {
+    /// The drain is done once no request of a session has arrived for this long; on
+    /// SIGTERM the agent then stops (after at least --drain-delay).
+    #[arg(long, default_value_t = DRAIN_IDLE, value_name = "DURATION")]
+    pub drain_idle: Span,
+    /// The drain is done this long after it began, however busy its sessions still are.
+    /// Keep drain timeout + grace period below the pod's terminationGracePeriodSeconds.
+    #[arg(long, default_value_t = DRAIN_TIMEOUT, value_name = "DURATION")]
+    pub drain_timeout: Span,
+}
+
+impl DrainOptions {
+    pub fn limits(&self) -> DrainLimits {
+        DrainLimits {
+            idle: self.drain_idle.get(),
+            timeout: self.drain_timeout.get(),
+        }
+    }
 }
 
 /// Which entry of the map is this instance's.
@@ -222,6 +251,7 @@ pub struct Settings {
     /// Applied to the running logger by a reload.
     pub log_level: LogFilter,
     pub shutdown: ShutdownTiming,
+    pub drain: DrainLimits,
     /// What these settings were read from, so that a reload reads them again the same way.
     pub source: Layered<AgentOptions>,
 }
@@ -273,6 +303,7 @@ impl Settings {
             app_check: app_check(&layered)?,
             log_level: options.log_level.filter(&layered)?,
             shutdown: options.shutdown.timing(),
+            drain: options.drain.limits(),
             source: layered,
         })
     }

@@ -3,6 +3,7 @@
 
 use crate::app_health::AppHealth;
 use crate::config::Settings;
+use crate::drain::Drain;
 use crate::identity::Identity;
 use crate::inject::{self, DomainMode, Reason};
 use crate::metrics::Metrics;
@@ -25,13 +26,13 @@ use stickyroute_relay::serve::{ConnInfo, Handler};
 use stickyroute_relay::upstream::forward::{ErrorSource, ForwardError, Upstreams};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const APP_STATE: HeaderName = HeaderName::from_static(agent_status::APP_STATE_HEADER);
+const MEMBER_STATE: HeaderName = HeaderName::from_static(agent_status::MEMBER_STATE_HEADER);
 
 /// Tells the proxy in front that this request never reached the app.
 fn mark_unreachable(response: &mut Response<Body>) {
     response.headers_mut().insert(
-        APP_STATE,
-        http::HeaderValue::from_static(agent_status::APP_UNREACHABLE),
+        MEMBER_STATE,
+        http::HeaderValue::from_static(agent_status::UNREACHABLE),
     );
 }
 
@@ -43,6 +44,8 @@ pub struct AgentShared {
     pub access_log: Option<AccessLog>,
     /// Whether the app can be reached.
     pub app: Arc<AppHealth>,
+    /// Whether this member is draining.
+    pub drain: Drain,
     /// Generation of the map the last "own key missing" warning was about, so it is logged
     /// once per map change rather than per request (and per worker).
     warned_generation: AtomicU64,
@@ -51,6 +54,7 @@ pub struct AgentShared {
 impl AgentShared {
     pub fn new(settings: Settings, live: Live, access_log: Option<AccessLog>) -> Self {
         Self {
+            drain: Drain::new(settings.drain),
             settings,
             live,
             access_log,
@@ -244,6 +248,9 @@ impl Handler for Agent {
         }
         self.settings.identity.note_local(conn.local.ip());
         let plan = self.plan(&request, conn.local.ip());
+        if self.drain.is_draining() && is_session_request(&plan) {
+            self.drain.session_seen();
+        }
         let origin = conn.origin(Forwarded::BehindProxy);
         let uploaded = self
             .access_log
@@ -264,8 +271,15 @@ impl Handler for Agent {
         {
             Ok(mut response) => {
                 self.app.reached();
-                // Only the agent says whether the app is reachable.
-                response.headers_mut().remove(APP_STATE);
+                // Only the agent says what state its member is in.
+                let headers = response.headers_mut();
+                headers.remove(MEMBER_STATE);
+                if self.drain.is_draining() {
+                    headers.insert(
+                        MEMBER_STATE,
+                        http::HeaderValue::from_static(agent_status::DRAINING),
+                    );
+                }
                 body::streamed(response, None)
             }
             Err(error) => return self.failed(&error, conn),
@@ -304,6 +318,15 @@ impl Handler for Agent {
             .and_then(|hop| hop.parse::<IpAddr>().ok())
             .unwrap_or_else(|| conn.remote.ip())
             .to_canonical()
+    }
+}
+
+/// Whether a request belongs to a session, for the drain: it carries this instance's route
+/// or one of the app's session cookies.
+fn is_session_request(plan: &Result<Plan, NoCookie>) -> bool {
+    match plan {
+        Ok(plan) => plan.request_session,
+        Err(no) => *no == NoCookie::HasRoute,
     }
 }
 

@@ -8,12 +8,14 @@
 //! - [`inject`]: the Set-Cookie header and the shared-cache marking.
 //! - [`handler`]: the request path that ties them together.
 //! - [`app_health`]: whether the app can be reached (its traffic, `--app-health-path`).
+//! - [`drain`]: taking no new sessions while serving the ones it has (SIGTERM, `/drain`).
 //! - [`admin`] and [`metrics`]: what operators see.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app_health;
 pub mod config;
+pub mod drain;
 pub mod handler;
 pub mod identity;
 pub mod inject;

@@ -106,10 +106,22 @@ pub async fn run(
         timing.grace,
     )?;
     let mut last_read = shared.settings.source.clone();
+    let drain_shared = shared.clone();
     let drained = lifecycle
-        .run_until_shutdown(timing, servers, Some(admin_task), controls, || {
-            reload(&shared.settings, &map, &mut last_read)
-        })
+        .run_until_drained(
+            timing,
+            servers,
+            Some(admin_task),
+            controls,
+            || reload(&shared.settings, &map, &mut last_read),
+            // Serving its sessions until they go quiet, and at least the drain delay.
+            |signal| async move {
+                drain_shared
+                    .drain
+                    .until_done(signal, timing.drain_delay)
+                    .await;
+            },
+        )
         .await;
     if let Some(log) = access_log {
         tokio::task::spawn_blocking(move || log.close()).await?;

@@ -63,6 +63,8 @@ pub struct BalancerInfo {
     pub lbmethod: crate::config::LbMethod,
     pub unknown_route: crate::config::UnknownRoute,
     pub retry_seconds: u64,
+    /// `--failover-after`, when set.
+    pub failover_after_seconds: Option<f64>,
     pub table_swaps: u64,
 }
 
@@ -76,7 +78,12 @@ pub struct MemberInfo {
     pub map_loadfactor: u8,
     pub status: routemap::Status,
     pub map_status: routemap::Status,
+    /// The member is in drain because its agent says it drains.
+    pub agent_draining: bool,
     pub healthy: bool,
+    /// How long the member has been unusable for its sessions (what `--failover-after`
+    /// counts), in milliseconds.
+    pub unusable_ms: Option<u64>,
     pub health_since_ms: u64,
     pub requests: u64,
     pub errors: u64,
@@ -95,9 +102,14 @@ impl MemberInfo {
             address: m.address.map(|a| a.to_string()),
             loadfactor: m.loadfactor(),
             map_loadfactor: m.map_loadfactor.get(),
-            status: m.status(),
+            status: m.status_at(now),
             map_status: m.map_status,
+            agent_draining: m.state.agent_draining(now),
             healthy: m.is_healthy(now),
+            unusable_ms: m
+                .state
+                .unusable_for(now)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             health_since_ms: m.state.health_since_ms(),
             requests: m.state.requests.load(Relaxed),
             errors: m.state.errors.load(Relaxed),
@@ -118,6 +130,12 @@ impl ProxyAdmin {
             lbmethod: self.settings.routing.load().lbmethod,
             unknown_route: self.settings.routing.load().unknown_route,
             retry_seconds: self.settings.routing.load().retry.as_secs(),
+            failover_after_seconds: self
+                .settings
+                .routing
+                .load()
+                .failover_after
+                .map(|d| d.as_secs_f64()),
             table_swaps: self.balancer.swaps(),
         }
     }

@@ -22,9 +22,9 @@ pub enum Pool {
     Standby,
 }
 
-fn in_pool(member: &Member, pool: Pool) -> bool {
+fn in_pool(member: &Member, pool: Pool, now: u64) -> bool {
     matches!(
-        (member.status(), pool),
+        (member.status_at(now), pool),
         (Status::Enabled, Pool::Regular) | (Status::Standby, Pool::Standby)
     )
 }
@@ -41,7 +41,7 @@ pub fn pick(
     for ignore_health in [false, true] {
         for pool in [Pool::Regular, Pool::Standby] {
             let eligible = |i: usize, m: &Member| {
-                in_pool(m, pool)
+                in_pool(m, pool, now)
                     && m.authority.is_some()
                     && !exclude.contains(&i)
                     && (ignore_health || m.state.is_healthy(now))
@@ -87,7 +87,7 @@ fn pick_among(
 /// every healthy regular member gains its loadfactor and the sticky member pays the total.
 /// Skipped when the sticky member is not itself a regular candidate (draining, standby).
 pub fn account_sticky(members: &[Arc<Member>], sticky: usize, now: u64) {
-    let candidate = |m: &Member| in_pool(m, Pool::Regular) && m.is_healthy(now);
+    let candidate = |m: &Member| in_pool(m, Pool::Regular, now) && m.is_healthy(now);
     if !candidate(&members[sticky]) {
         return;
     }

@@ -3,13 +3,15 @@
 //!
 //! | request | member usable | result |
 //! | --- | --- | --- |
-//! | sticky route of a member (or a route it was renamed from) | yes | that member (drain members too) |
-//! | sticky route of a member | no (error, disabled, unresolved) | `--nofailover`: 503 + `Retry-After`; else a weighted pick |
+//! | sticky route of a member (or a route it was renamed from) | yes | that member (drain members too, and those whose agent drains) |
+//! | sticky route of a member | no (error, disabled, unresolved) | `--nofailover`: 503 + `Retry-After` (after `--failover-after`: a weighted pick); else a weighted pick |
 //! | sticky route nobody has | — | weighted pick (`--unknown-route reject`: 503) |
 //! | no sticky value, or no route in it | — | weighted pick |
 //!
-//! A member's agent that answers for an app it could not reach (see [`app_reached`]) is a
-//! failed connection to that member, like a refused one.
+//! A member's agent that answers for an app it could not reach (see [`agent_said`]) is a
+//! failed connection to that member, like a refused one; one that says it drains puts its
+//! member in drain. Under `--nofailover`, `--failover-after` bounds how long a session
+//! waits for its member.
 
 use crate::balance::{account_sticky, pick};
 use crate::config::{Settings, UnknownRoute};
@@ -115,7 +117,8 @@ impl Proxy {
             return weighted(Outcome::UnknownRoute);
         };
         let member = &members[index];
-        let status = member.status();
+        let status = member.status_at(now);
+        let routing = self.settings.routing.load();
         // Apache's forcerecovery: when every member is in error, try them anyway.
         let usable = status != Status::Disabled
             && member.authority.is_some()
@@ -123,6 +126,7 @@ impl Proxy {
         if usable {
             account_sticky(members, index, now);
             member.state.sticky_hits.fetch_add(1, Relaxed);
+            member.state.found_usable();
             return Ok(Choice {
                 index,
                 outcome: if status == Status::Drain {
@@ -130,28 +134,41 @@ impl Proxy {
                 } else {
                     Outcome::Hit
                 },
-                may_retry: !self.settings.routing.load().nofailover,
+                may_retry: !routing.nofailover || self.failover_due(member, now),
                 // A route the member was renamed from is a change the agent will make.
                 route_changed: Some(member.route.as_str() != route),
             });
         }
-        if self.settings.routing.load().nofailover {
+        member.state.found_unusable(now);
+        if routing.nofailover && !self.failover_due(member, now) {
             return Err(self.refuse_pinned(member, now));
         }
         weighted(Outcome::Failover)
     }
 
-    /// 503 for a session whose member cannot serve it, under `--nofailover`.
+    /// With `--failover-after`: whether `member` has been unusable long enough for its
+    /// sessions to go elsewhere.
+    fn failover_due(&self, member: &Member, now: u64) -> bool {
+        let after = self.settings.routing.load().failover_after;
+        match (after, member.state.unusable_for(now)) {
+            (Some(after), Some(down)) => down >= after,
+            _ => false,
+        }
+    }
+
+    /// 503 for a session whose member cannot serve it, under `--nofailover`. `Retry-After`
+    /// is when something changes: the member is tried again (its retry time), or the
+    /// session goes elsewhere (`--failover-after`), whichever comes first.
     fn refuse_pinned(&self, member: &Member, now: u64) -> Refusal {
+        let routing = self.settings.routing.load();
+        let retry = member.state.error_remaining(now).unwrap_or(routing.retry);
+        let failover = routing
+            .failover_after
+            .map(|after| after.saturating_sub(member.state.unusable_for(now).unwrap_or_default()));
         Refusal {
             outcome: Outcome::NofailoverRefused,
             member: Some((member.route.clone(), member.address)),
-            retry_after: Some(
-                member
-                    .state
-                    .error_remaining(now)
-                    .unwrap_or(self.settings.routing.load().retry),
-            ),
+            retry_after: Some(failover.map_or(retry, |left| left.min(retry))),
             message: format!(
                 "the server holding this session ({}) is unavailable; try again shortly",
                 member.route
@@ -211,7 +228,7 @@ impl Proxy {
                 .upstreams
                 .send(&mut head, outgoing, authority, requester)
                 .await
-                .and_then(|response| app_reached(response, authority))
+                .and_then(|response| agent_said(response, member, authority))
             {
                 Ok(response) => {
                     let head_time = sent.elapsed();
@@ -265,6 +282,10 @@ impl Proxy {
             }
             state.failed(error.failure().unwrap_or(UpstreamFailure::Reset));
             state.mark_error(self.settings.routing.load().retry);
+            if error.is_connect() {
+                // Whatever its agent said about draining, the next one will say again.
+                member.agent_says_draining(false);
+            }
             tracing::warn!(route = %member.route, %error, retry = ?self.settings.routing.load().retry, "member failed; in error for the retry time");
             // Only a request none of whose body was sent goes elsewhere.
             let reclaimed = match reclaim {
@@ -357,29 +378,31 @@ impl Proxy {
     }
 }
 
-/// A member's agent that answers for an app it could not reach (see
-/// [`agent_status::APP_STATE_HEADER`]) delivered nothing: its answer is taken as a failed
-/// connection to the member. Any other answer loses the header.
-fn app_reached(
+/// What a member's agent says about its member on an answer
+/// ([`agent_status::MEMBER_STATE_HEADER`], removed here): an answer for an app it could not
+/// reach delivered nothing, and is taken as a failed connection to the member; a draining
+/// agent puts its member in drain; an answer without the header takes it out of an agent's
+/// drain.
+fn agent_said(
     mut response: Response<Streamed>,
+    member: &Member,
     authority: &Authority,
 ) -> Result<Response<Streamed>, ForwardError> {
-    let Some(state) = response
+    let state = response
         .headers_mut()
-        .remove(agent_status::APP_STATE_HEADER)
-    else {
-        return Ok(response);
-    };
-    if state != agent_status::APP_UNREACHABLE {
-        return Ok(response);
+        .remove(agent_status::MEMBER_STATE_HEADER);
+    let state = state.as_ref().map(HeaderValue::as_bytes);
+    if state == Some(agent_status::UNREACHABLE.as_bytes()) {
+        return Err(ForwardError::Connect {
+            upstream: authority.clone(),
+            source: PoolError::Connect(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "its agent could not reach the app",
+            )),
+        });
     }
-    Err(ForwardError::Connect {
-        upstream: authority.clone(),
-        source: PoolError::Connect(std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "its agent could not reach the app",
-        )),
-    })
+    member.agent_says_draining(state == Some(agent_status::DRAINING.as_bytes()));
+    Ok(response)
 }
 
 fn no_member(members: &[Arc<Member>]) -> Refusal {

@@ -1,9 +1,11 @@
 //! Active health checks: `GET --health-path` on every member at an interval; `fall` failures
-//! in a row take a member out, `rise` passes bring it back. Off unless configured.
+//! in a row take a member out, `rise` passes bring it back. Off unless configured. The
+//! checks also keep up with whether each member's agent drains (it says so on every answer).
 
 use crate::balancer::Balancer;
 use crate::config::HealthCheck;
 use std::sync::Arc;
+use stickyroute_relay::agent_status;
 use stickyroute_relay::upstream::forward::Upstreams;
 
 pub async fn run(balancer: Arc<Balancer>, upstreams: Upstreams, check: HealthCheck) {
@@ -18,7 +20,12 @@ pub async fn run(balancer: Arc<Balancer>, upstreams: Upstreams, check: HealthChe
             let authority = member.authority.clone()?;
             let (upstreams, check) = (&upstreams, &check);
             Some(async move {
-                let result = upstreams.get(&authority, &check.path, check.timeout).await.map(|r| r.status());
+                let result = upstreams.get(&authority, &check.path, check.timeout).await.map(|r| {
+                    // Through the member's agent, the check hears whether it drains.
+                    let state = r.headers().get(agent_status::MEMBER_STATE_HEADER);
+                    member.agent_says_draining(state.is_some_and(|v| v == agent_status::DRAINING));
+                    r.status()
+                });
                 let passed = matches!(&result, Ok(status) if status.is_success() || status.is_redirection());
                 if let Some(up) = member.state.record_check(passed, check.rise, check.fall) {
                     let detail = match &result {

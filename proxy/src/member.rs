@@ -40,6 +40,13 @@ pub struct MemberState {
     /// Active health: false once `fall` checks failed in a row, true again after `rise`.
     active_up: AtomicBool,
     active_streak: AtomicU32,
+    /// The member's agent said it is draining: in drain until this [`now_ms`] instant (each
+    /// answer that says so again moves it on); 0 when it has not.
+    agent_drain_until: AtomicU64,
+    /// [`now_ms`] since which the member has been unusable for its sessions (in error, taken
+    /// out by checks, or found unusable by a session's request); 0 while usable. What
+    /// `--failover-after` counts from.
+    unusable_since: AtomicU64,
     /// Operator overrides (balancer-manager); 0 means "as in the map".
     status_override: AtomicU8,
     loadfactor_override: AtomicU8,
@@ -47,12 +54,21 @@ pub struct MemberState {
     pub agent: arc_swap::ArcSwapOption<AgentReport>,
 }
 
+/// How long an agent's word that it drains holds without being said again. Every answer of
+/// a draining agent says it, so a member with sessions is refreshed all the time; one whose
+/// sessions went quiet is offered new sessions again after this, unless its agent (asked by
+/// `--health-path` checks, `--agent-admin-port` reads or that new session's answer) still
+/// says it drains.
+pub const AGENT_DRAIN_HOLD: Duration = Duration::from_secs(30);
+
 /// An agent's `/status`, as far as the proxy cares: which map it runs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AgentReport {
     /// The agent's map hash; `None` when it could not be read.
     pub map_hash: Option<String>,
     pub map_generation: Option<u64>,
+    /// Whether the agent drains; `None` when the status could not be read.
+    pub draining: Option<bool>,
     /// Why the status could not be read.
     pub error: Option<String>,
     /// Wall-clock milliseconds since the epoch.
@@ -76,6 +92,8 @@ impl Default for MemberState {
             health_since: AtomicU64::new(wall_ms()),
             active_up: AtomicBool::new(true),
             active_streak: AtomicU32::new(0),
+            agent_drain_until: AtomicU64::new(0),
+            unusable_since: AtomicU64::new(0),
             status_override: AtomicU8::new(0),
             loadfactor_override: AtomicU8::new(0),
             agent: arc_swap::ArcSwapOption::empty(),
@@ -99,13 +117,15 @@ impl MemberState {
     /// Passive health: puts the member in error for `retry` (connect failure, timeout,
     /// `failonstatus`). After that, real traffic tries it again.
     pub fn mark_error(&self, retry: Duration) {
+        let now = now_ms();
         let was_ok = self
             .error_until
-            .swap(now_ms() + retry.as_millis() as u64, Relaxed)
+            .swap(now + retry.as_millis() as u64, Relaxed)
             == 0;
         if was_ok {
             self.health_since.store(wall_ms(), Relaxed);
         }
+        self.found_unusable(now);
     }
 
     /// A request succeeded: clears a passive error whose retry time has passed.
@@ -113,6 +133,55 @@ impl MemberState {
         if self.error_until.load(Relaxed) != 0 && self.error_until.swap(0, Relaxed) != 0 {
             self.health_since.store(wall_ms(), Relaxed);
         }
+        self.found_usable();
+    }
+
+    /// The member cannot serve its sessions from `now` on, unless it already could not.
+    pub fn found_unusable(&self, now: u64) {
+        let _ = self
+            .unusable_since
+            .compare_exchange(0, now, Relaxed, Relaxed);
+    }
+
+    /// The member serves its sessions again: a response came, or a request found it usable
+    /// without a passive error behind it (one whose retry time has passed is tried again,
+    /// but still counts as unusable until it answers).
+    pub fn found_usable(&self) {
+        if self.unusable_since.load(Relaxed) != 0 && self.error_until.load(Relaxed) == 0 {
+            self.unusable_since.store(0, Relaxed);
+        }
+    }
+
+    /// How long the member has been unusable for its sessions, at `now`.
+    pub fn unusable_for(&self, now: u64) -> Option<Duration> {
+        match self.unusable_since.load(Relaxed) {
+            0 => None,
+            since => Some(Duration::from_millis(now.saturating_sub(since))),
+        }
+    }
+
+    /// What the member's agent said about draining: `true` puts the member in drain for
+    /// [`AGENT_DRAIN_HOLD`] from now, `false` takes it out at once. Returns whether that
+    /// changed whether it drains.
+    pub fn agent_says_draining(&self, draining: bool) -> bool {
+        let until = if draining {
+            now_ms() + AGENT_DRAIN_HOLD.as_millis() as u64
+        } else {
+            0
+        };
+        // Written only when it changes or moves on by a second: every answer of a draining
+        // agent says so, from every worker.
+        let before = self.agent_drain_until.load(Relaxed);
+        if (until == 0 && before != 0) || until > before + 1000 {
+            self.agent_drain_until.store(until, Relaxed);
+            return (before <= now_ms()) == draining;
+        }
+        false
+    }
+
+    /// Whether the member's agent says it drains, at `now`.
+    pub fn agent_draining(&self, now: u64) -> bool {
+        self.agent_drain_until.load(Relaxed) > now
     }
 
     /// Not in passive error at `now` and not taken out by active checks.
@@ -140,6 +209,9 @@ impl MemberState {
             self.active_up.store(passed, Relaxed);
             self.active_streak.store(0, Relaxed);
             self.health_since.store(wall_ms(), Relaxed);
+            if !passed {
+                self.found_unusable(now_ms());
+            }
             return Some(passed);
         }
         None
@@ -246,7 +318,33 @@ pub struct Member {
 }
 
 impl Member {
+    /// The status requests are routed by: the operator's override, else the map's; a
+    /// member whose agent drains is in drain unless it is disabled.
+    pub fn status_at(&self, now: u64) -> Status {
+        let status = self.state.status_override().unwrap_or(self.map_status);
+        if status != Status::Disabled && self.state.agent_draining(now) {
+            return Status::Drain;
+        }
+        status
+    }
+
     pub fn status(&self) -> Status {
+        self.status_at(now_ms())
+    }
+
+    /// What the member's agent said about draining (see [`MemberState::agent_says_draining`]).
+    pub fn agent_says_draining(&self, draining: bool) {
+        if self.state.agent_says_draining(draining) {
+            if draining {
+                tracing::info!(route = %self.route, "the member's agent is draining: its sessions stay, new ones go elsewhere");
+            } else {
+                tracing::info!(route = %self.route, "the member's agent no longer drains: it takes new sessions again");
+            }
+        }
+    }
+
+    /// The status as the operator set it (or the map), before the agent's drain.
+    pub fn configured_status(&self) -> Status {
         self.state.status_override().unwrap_or(self.map_status)
     }
 

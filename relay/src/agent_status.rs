@@ -42,19 +42,42 @@ pub struct AgentStatus {
     pub map: MapReport,
     #[serde(default)]
     pub draining: bool,
+    /// The agent's drain: when it began and how far it is.
+    #[serde(default)]
+    pub drain: DrainReport,
     /// Whether the agent can reach its app, as the last exchange found it.
     #[serde(default)]
     pub app: AppReport,
 }
 
-/// The header an agent puts on its answer when it could not reach its app (the connection
-/// was refused or timed out, so the request was never delivered): the proxy in front takes
-/// the answer as a failed connection to that member, retries the request elsewhere when it
-/// may, and removes the header. The agent removes it from what its app sends, so only the
-/// agent can raise it.
-pub const APP_STATE_HEADER: &str = "stickyroute-app";
-/// [`APP_STATE_HEADER`]'s value: the app could not be reached.
-pub const APP_UNREACHABLE: &str = "unreachable";
+/// The header an agent puts on its answers to tell the proxy in front about its member
+/// (the proxy removes it, so clients never see it; the agent removes it from what its app
+/// sends, so only the agent can raise it). Its values are [`UNREACHABLE`] and [`DRAINING`].
+pub const MEMBER_STATE_HEADER: &str = "stickyroute-member";
+/// [`MEMBER_STATE_HEADER`]: the agent could not reach its app (the connection was refused
+/// or timed out, so the request was never delivered). The proxy takes the answer as a
+/// failed connection to that member and retries the request elsewhere when it may.
+pub const UNREACHABLE: &str = "unreachable";
+/// [`MEMBER_STATE_HEADER`]: the agent is draining (SIGTERM, or `POST /drain`). The proxy
+/// keeps sending the member its sessions and sends new sessions elsewhere.
+pub const DRAINING: &str = "draining";
+
+/// An agent's drain, for `/status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainReport {
+    /// Since when the agent has been draining; `None` while it is not.
+    #[serde(default, with = "rfc3339::option")]
+    pub since: Option<SystemTime>,
+    /// What started it: `SIGTERM`, `POST /drain`, ...
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Milliseconds since the last request of a session arrived (or since the drain began).
+    #[serde(default)]
+    pub idle_ms: u64,
+    /// The drain is over: idle for `--drain-idle`, or `--drain-timeout` passed.
+    #[serde(default)]
+    pub done: bool,
+}
 
 /// The app behind an agent, as its traffic finds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -314,7 +337,13 @@ mod tests {
             ],
             default_route: None,
             map: MapReport::from(&map_status()),
-            draining: false,
+            draining: true,
+            drain: DrainReport {
+                since: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_003_000)),
+                reason: Some("SIGTERM".to_owned()),
+                idle_ms: 1500,
+                done: false,
+            },
             app: AppReport {
                 reachable: false,
                 unreachable_since: Some(
@@ -351,7 +380,8 @@ mod tests {
                 },
                 "reload_errors": 1,
             },
-            "draining": false,
+            "draining": true,
+            "drain": {"since": "2023-11-14T22:13:23.000Z", "reason": "SIGTERM", "idle_ms": 1500, "done": false},
             "app": {"reachable": false, "unreachable_since": "2023-11-14T22:13:22.000Z", "unreachable_total": 4, "check_failing": true},
         })
     }

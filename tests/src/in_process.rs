@@ -73,6 +73,29 @@ impl Runner {
         }
     }
 
+    /// A graceful shutdown, as SIGTERM asks a process for one.
+    pub fn shutdown(&self) {
+        match self {
+            Runner::Process(process) => process.signal("TERM"),
+            Runner::InProcess(server) => {
+                let _ = server.controls.send(Control::Shutdown("SIGTERM"));
+            }
+        }
+    }
+
+    /// Whether the server has stopped (its `run` returned, or its process exited).
+    pub fn has_stopped(&self) -> bool {
+        match self {
+            Runner::Process(process) => process.try_status().is_ok_and(|s| s.is_some()),
+            Runner::InProcess(server) => server
+                .thread
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_none_or(std::thread::JoinHandle::is_finished),
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.as_process().pid()
     }

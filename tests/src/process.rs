@@ -197,7 +197,7 @@ impl Process {
             .unwrap_or_else(|e| panic!("{key}={value}: {e}"))
     }
 
-    fn try_status(&self) -> std::io::Result<Option<std::process::ExitStatus>> {
+    pub fn try_status(&self) -> std::io::Result<Option<std::process::ExitStatus>> {
         self.lock().try_wait()
     }
 

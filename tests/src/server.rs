@@ -54,12 +54,16 @@ pub struct ServerBuilder<T> {
 
 impl<T: From<Server>> ServerBuilder<T> {
     /// Draining is immediate unless a test asks otherwise: through the environment, so a
-    /// test's own `--drain-delay` overrides it.
+    /// test's own `--drain-delay` (and the agent's `--drain-idle`) overrides it.
     pub fn new(binary: &'static str, args: &[&str]) -> Self {
+        let mut env = vec![("STICKYROUTE_DRAIN_DELAY".into(), "0s".into())];
+        if binary == "stickyroute-agent" {
+            env.push(("STICKYROUTE_DRAIN_IDLE".into(), "0s".into()));
+        }
         Self {
             binary,
             args: args.iter().map(|a| a.to_string()).collect(),
-            env: vec![("STICKYROUTE_DRAIN_DELAY".into(), "0s".into())],
+            env,
             started: PhantomData,
         }
     }

@@ -604,10 +604,24 @@ async fn sigterm_finishes_the_slow_request_then_refuses_new_connections() {
     .await;
     agent.process.signal("TERM");
     tokio::time::sleep(Duration::from_millis(100)).await;
+    // Draining: still ready (its sessions must still reach it), and saying so.
     let status = get(agent.admin, "/readyz").send().await;
-    assert_eq!(status.status, 503, "unready at once: {}", status.text());
-    // During the drain delay new requests are still served.
-    assert_eq!(get(addr, "/").send().await.status, 200);
+    assert_eq!(
+        status.status,
+        200,
+        "ready while draining: {}",
+        status.text()
+    );
+    let status = get(agent.admin, "/status").send().await.json();
+    assert_eq!(status["draining"], true, "{status}");
+    assert_eq!(status["drain"]["reason"], "SIGTERM", "{status}");
+    // During the drain delay new requests are still served, and say the agent drains.
+    let during = get(addr, "/").send().await;
+    assert_eq!(during.status, 200);
+    assert_eq!(
+        during.header("stickyroute-member").as_deref(),
+        Some("draining")
+    );
     // After it, the listener is closed.
     let refused_at = Instant::now();
     loop {
@@ -620,6 +634,13 @@ async fn sigterm_finishes_the_slow_request_then_refuses_new_connections() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let unready = get(agent.admin, "/readyz").send().await;
+    assert_eq!(unready.status, 503, "unready once it stopped accepting");
+    assert!(
+        unready.text().contains("shutting down"),
+        "{}",
+        unready.text()
+    );
     let reply = slow.await.unwrap();
     assert_eq!(reply.status, 200, "the in-flight request completed");
     assert_eq!(reply.text(), "slow done by app1\n");

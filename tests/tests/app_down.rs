@@ -68,7 +68,7 @@ async fn new_sessions_avoid_a_dead_app_at_once_and_its_sessions_follow_nofailove
         assert_eq!(reply.status, 200, "new session {i}");
         assert_eq!(reply.json()["app"], "app2", "new session {i}");
         assert_eq!(
-            reply.header("stickyroute-app"),
+            reply.header("stickyroute-member"),
             None,
             "the proxy consumes the header"
         );
@@ -117,12 +117,12 @@ async fn an_app_cannot_raise_the_agents_header() {
     // The test app echoes a header back when asked: the agent removes it.
     let reply = get(
         agent.addr,
-        "/echo-header?name=stickyroute-app&value=unreachable",
+        "/echo-header?name=stickyroute-member&value=unreachable",
     )
     .send()
     .await;
     assert_eq!(reply.status, 200);
-    assert_eq!(reply.header("stickyroute-app"), None);
+    assert_eq!(reply.header("stickyroute-member"), None);
     let status = get(agent.admin, "/status").send().await.json();
     assert_eq!(status["app"]["reachable"], true, "{status}");
 }

@@ -47,6 +47,8 @@ pub struct HealthCheck {
 pub struct Routing {
     pub sticky: StickySpec,
     pub nofailover: bool,
+    /// With `nofailover`: how long a session waits for its unusable member.
+    pub failover_after: Option<Duration>,
     pub unknown_route: UnknownRoute,
     pub lbmethod: LbMethod,
     pub retry: Duration,
@@ -378,9 +380,19 @@ impl Routing {
                 ),
             ));
         }
+        if routing.failover_after.is_some() && !routing.nofailover {
+            return Err(layered.invalid(
+                "failover_after",
+                format!(
+                    "it bounds how long {} keeps a session waiting: give that too",
+                    layered.name("nofailover")
+                ),
+            ));
+        }
         Ok(Routing {
             sticky,
             nofailover: routing.nofailover,
+            failover_after: routing.failover_after.map(|span| span.get()),
             unknown_route: routing.unknown_route,
             lbmethod: routing.lbmethod,
             retry: routing.retry.get(),

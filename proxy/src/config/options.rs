@@ -191,6 +191,12 @@ pub struct RoutingOptions {
     /// sending the user to a member that does not know the session.
     #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
     pub nofailover: bool,
+    /// With --nofailover: once a session's member has been unusable for this long, its
+    /// sessions go to a weighted pick after all (the new member's agent gives them its
+    /// route). Before that, they get 503 with Retry-After set to the time left, so a member
+    /// that restarts keeps its users. Default: never.
+    #[arg(long, value_name = "DURATION")]
+    pub failover_after: Option<Span>,
     /// What a sticky route that no member has gets: a weighted pick (Apache's behaviour) or
     /// a 503.
     #[arg(long, value_enum, default_value_t = UnknownRoute::Balance)]

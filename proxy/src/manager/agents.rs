@@ -1,6 +1,7 @@
 //! Map convergence: the proxy reads every member's agent `/status` (on the member's address
 //! and `--agent-admin-port`) so the balancer-manager can show which map hash each agent runs
-//! and mark the ones that differ from the proxy's.
+//! and mark the ones that differ from the proxy's, and whether each agent drains (which puts
+//! its member in drain, as its answers do).
 //!
 //! Each read has a deadline for the whole answer, head and body: an agent that accepts and
 //! then stalls gets an error report, and the next round starts on time for every other
@@ -50,6 +51,9 @@ pub async fn poll(balancer: Arc<Balancer>, upstreams: Upstreams, port: u16, inte
                             "{authority}/status did not answer within {deadline:?}"
                         ))
                     });
+                if let Some(draining) = report.draining {
+                    member.agent_says_draining(draining);
+                }
                 member.state.agent.store(Some(Arc::new(report)));
             })
         });
@@ -61,6 +65,7 @@ fn failed(error: String) -> AgentReport {
     AgentReport {
         map_hash: None,
         map_generation: None,
+        draining: None,
         error: Some(error),
         at_ms: wall_ms(),
     }
@@ -98,6 +103,7 @@ fn report(agent: &Authority, body: &[u8]) -> AgentReport {
         Some(hash) => AgentReport {
             map_hash: Some(hash.into_string()),
             map_generation: Some(status.map.generation),
+            draining: Some(status.draining),
             error: None,
             at_ms: wall_ms(),
         },

@@ -151,7 +151,7 @@ pub fn apply(table: &MemberTable, route: &str, change: &Change, who: &Who) -> Re
         state.set_loadfactor_override(None);
     }
     if let Some(status) = status {
-        let before = member.status();
+        let before = member.configured_status();
         state.set_status_override(Some(status));
         audit(who, member, "status", before.as_str(), status.as_str());
     }

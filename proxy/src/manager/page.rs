@@ -86,12 +86,21 @@ fn member_row(h: &mut String, m: &ManagedMember, nonce: &str, agents_polled: boo
         ),
         None => format!("<td>{}</td>", i.loadfactor),
     };
-    let status = match m.status_override {
-        Some(_) => format!(
+    let configured = m.status_override.unwrap_or(i.map_status);
+    let status = match (m.status_override, i.agent_draining) {
+        (Some(_), false) => format!(
             "<td class=\"override status\">{} <small>(override; map {})</small></td>",
             i.status, i.map_status
         ),
-        None => format!("<td class=\"status\">{}</td>", i.status),
+        (Some(set), true) => format!(
+            "<td class=\"override status agent-drain\">draining (agent) <small>(override {set}; map {})</small></td>",
+            i.map_status
+        ),
+        (None, true) => format!(
+            "<td class=\"status agent-drain\">draining (agent) <small>(map {})</small></td>",
+            i.map_status
+        ),
+        (None, false) => format!("<td class=\"status\">{}</td>", i.status),
     };
     let health = format!(
         "<td class=\"health {}\">{}<br><small>since {}</small></td>",
@@ -122,7 +131,7 @@ fn member_row(h: &mut String, m: &ManagedMember, nonce: &str, agents_polled: boo
         .map(|s| {
             format!(
                 "<option value=\"{s}\"{}>{s}</option>",
-                if *s == i.status { " selected" } else { "" }
+                if *s == configured { " selected" } else { "" }
             )
         })
         .collect();

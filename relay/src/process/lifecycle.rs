@@ -130,6 +130,11 @@ impl Lifecycle {
         self.draining.load(Ordering::Relaxed)
     }
 
+    /// True once the traffic listeners stopped accepting (after the drain).
+    pub fn is_stopping(&self) -> bool {
+        self.traffic.is_cancelled()
+    }
+
     /// Cancelled when the traffic listeners must stop accepting.
     pub fn traffic_stop(&self) -> CancellationToken {
         self.traffic.clone()
@@ -154,8 +159,27 @@ impl Lifecycle {
         timing: ShutdownTiming,
         servers: Vec<oneshot::Receiver<bool>>,
         admin: Option<JoinHandle<bool>>,
+        controls: Controls,
+        reload: impl FnMut(),
+    ) -> bool {
+        let delay = timing.drain_delay;
+        self.run_until_drained(timing, servers, admin, controls, reload, |_| {
+            tokio::time::sleep(delay)
+        })
+        .await
+    }
+
+    /// As [`Lifecycle::run_until_shutdown`], with the serving phase after the signal ended
+    /// by `drained(signal)` rather than by the drain delay: the agent keeps serving its
+    /// sessions until they go quiet.
+    pub async fn run_until_drained<F: Future<Output = ()>>(
+        &self,
+        timing: ShutdownTiming,
+        servers: Vec<oneshot::Receiver<bool>>,
+        admin: Option<JoinHandle<bool>>,
         mut controls: Controls,
         mut reload: impl FnMut(),
+        drained: impl FnOnce(&'static str) -> F,
     ) -> bool {
         let signal = loop {
             match controls.recv().await {
@@ -169,10 +193,10 @@ impl Lifecycle {
             signal,
             drain_delay = ?timing.drain_delay,
             grace = ?timing.grace,
-            "shutting down: unready now, serving through the drain delay"
+            "shutting down: draining"
         );
         let cut_short = tokio::select! {
-            () = tokio::time::sleep(timing.drain_delay) => false,
+            () = drained(signal) => false,
             () = next_shutdown(&mut controls) => true,
         };
         tracing::info!("no longer accepting connections; finishing in-flight requests");

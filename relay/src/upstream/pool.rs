@@ -6,7 +6,10 @@
 //! (HTTP/1 cannot resynchronise). A pooled connection is checked before use (see
 //! [`Connection::is_reusable`]); one that the upstream closed just as the request went out
 //! fails without any answer, and a request that may be repeated (idempotent, no body) is
-//! then sent once more, on a fresh connection, as browsers and other proxies do.
+//! then sent once more, on a fresh connection, as browsers and other proxies do. So is one
+//! whose fresh connection ended before any answer: that is what a connection still in an
+//! upstream's accept queue gets when it stops listening (an agent at the end of its drain),
+//! and the second attempt then finds the port closed, a failed connection like any other.
 //!
 //! # Which connection a request may use
 //!
@@ -143,14 +146,13 @@ impl Pool {
             Some(mut conn) => conn.write_head(request).await.is_ok().then_some(conn),
             None => None,
         };
-        let reused = pooled.is_some();
         let mut conn = match pooled {
             Some(conn) => conn,
             None => self.open_with(upstream, request).await?,
         };
         let (head, sent_whole) = match conn.finish(request, body).await {
             Ok(answer) => answer,
-            Err(error) if reused && request.replayable && error.nothing_received() => {
+            Err(error) if request.replayable && error.nothing_received() => {
                 conn = self.open_with(upstream, request).await?;
                 conn.finish(request, OutgoingBody::empty(None)).await?
             }

@@ -282,3 +282,30 @@ async fn only_a_request_that_may_be_repeated_is_repeated_after_a_silent_close() 
     assert_eq!(requests.len(), 5, "{requests:?}");
     assert!(requests[4].starts_with("POST / HTTP/1.1\r\n"));
 }
+
+/// An upstream that stops listening drops the connections still in its accept queue: a
+/// fresh connection that ends without an answer gets a GET sent once more (which then
+/// finds the port closed, or, here, an answer), and never more than once.
+#[tokio::test]
+async fn a_fresh_connection_closed_before_any_answer_gets_a_get_once_more() {
+    let upstream = scripted(vec![
+        Reply::Hangup,
+        Reply::Send("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nagain"),
+    ])
+    .await;
+    let answer = send(&pool(), &upstream, Method::GET).await.unwrap();
+    assert_eq!(answer.1, "again");
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
+
+    let silent = scripted(vec![Reply::Hangup, Reply::Hangup, Reply::Hangup]).await;
+    let error = send(&pool(), &silent, Method::GET).await.unwrap_err();
+    assert!(
+        error.to_string().contains("closed before any response"),
+        "{error}"
+    );
+    assert_eq!(
+        silent.accepted.load(Ordering::SeqCst),
+        2,
+        "one repeat, no more"
+    );
+}
