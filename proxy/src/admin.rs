@@ -80,6 +80,8 @@ pub struct MemberInfo {
     pub map_status: routemap::Status,
     /// The member is in drain because its agent says it drains.
     pub agent_draining: bool,
+    /// The member is in drain because its pod is terminating (`--member-service`).
+    pub terminating: bool,
     pub healthy: bool,
     /// How long the member has been unusable for its sessions (what `--failover-after`
     /// counts), in milliseconds.
@@ -105,6 +107,7 @@ impl MemberInfo {
             status: m.status_at(now),
             map_status: m.map_status,
             agent_draining: m.state.agent_draining(now),
+            terminating: m.terminating,
             healthy: m.is_healthy(now),
             unusable_ms: m
                 .state

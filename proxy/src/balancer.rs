@@ -4,7 +4,7 @@
 
 use crate::table::{MemberTable, Resolved};
 use arc_swap::ArcSwapOption;
-use routemap::{Key, Live, Snapshot};
+use routemap::{Live, Snapshot};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -40,81 +40,73 @@ impl Balancer {
     }
 }
 
-/// How members are reached: the port of entries without `port=`, the suffix that turns a
-/// name key into a resolvable host name, and how often names are resolved again.
-#[derive(Debug, Clone)]
+/// How members are reached: the port of entries without `port=`, and where name keys'
+/// addresses come from.
+#[derive(Debug)]
 pub struct Addressing {
     pub member_port: u16,
-    pub domain_suffix: String,
-    pub dns_refresh: Duration,
+    pub names: Names,
 }
 
-/// Keeps `balancer` in step with `live`: a new table for every new snapshot, and for DNS
-/// changes of name keys (re-resolved every `dns_refresh` and on every map change).
+/// Where name keys' addresses come from (see [`crate::membership`]).
+#[derive(Debug)]
+pub enum Names {
+    /// `KEY` + `suffix`, resolved again every `refresh` and on every map change.
+    Dns { suffix: String, refresh: Duration },
+    /// The latest view of a Service's EndpointSlices (`None` before the first list).
+    #[cfg(feature = "kubernetes")]
+    EndpointSlices(
+        tokio::sync::watch::Receiver<Option<Arc<crate::membership::endpoint_slices::View>>>,
+    ),
+}
+
+/// Keeps `balancer` in step with `live`: a new table for every new snapshot, and whenever a
+/// name key's endpoint changes.
 pub async fn follow(balancer: Arc<Balancer>, live: Live, addressing: Addressing) {
     let Addressing {
         member_port,
-        domain_suffix,
-        dns_refresh,
+        mut names,
     } = addressing;
     let mut changes = live.subscribe();
     let mut resolved = Resolved::new();
     let mut built_generation = 0;
     loop {
         if let Some(snapshot) = live.load() {
-            let fresh = resolve_names(&snapshot, &resolved, &domain_suffix).await;
+            let fresh = match &names {
+                Names::Dns { suffix, .. } => {
+                    crate::membership::dns::resolve_names(&snapshot, &resolved, suffix).await
+                }
+                #[cfg(feature = "kubernetes")]
+                Names::EndpointSlices(view) => {
+                    let view = view.borrow().clone();
+                    crate::membership::endpoint_slices::resolve(
+                        &snapshot,
+                        view.as_deref(),
+                        &resolved,
+                    )
+                }
+            };
             if snapshot.generation() != built_generation || fresh != resolved {
                 resolved = fresh;
                 built_generation = snapshot.generation();
                 balancer.swap(snapshot, &resolved, member_port);
             }
         }
-        tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(dns_refresh) => {}
+        match &mut names {
+            Names::Dns { refresh, .. } => {
+                let refresh = *refresh;
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep(refresh) => {}
+                }
+            }
+            #[cfg(feature = "kubernetes")]
+            Names::EndpointSlices(view) => {
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    changed = view.changed() => if changed.is_err() { return },
+                }
+            }
         }
     }
-}
-
-/// Resolves every host-name key of the map (as `KEY` + `suffix`). A name that does not
-/// resolve makes that member unusable (logged when it changes), never the map invalid.
-async fn resolve_names(snapshot: &Snapshot, previous: &Resolved, suffix: &str) -> Resolved {
-    let names: Vec<Arc<str>> = snapshot
-        .entries()
-        .iter()
-        .filter_map(|e| match &e.key {
-            Key::Name(name) => Some(name.clone()),
-            Key::Addr(_) => None,
-        })
-        .collect();
-    let lookups = names.iter().map(|name| async move {
-        let host = format!("{name}{suffix}");
-        let found = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::lookup_host((host.as_str(), 0)),
-        )
-        .await;
-        let ip = match found {
-            Ok(Ok(mut addrs)) => addrs.next().map(|a| a.ip()),
-            _ => None,
-        };
-        (name.clone(), ip)
-    });
-    let resolved: Resolved = futures_util::future::join_all(lookups)
-        .await
-        .into_iter()
-        .collect();
-    for (name, ip) in &resolved {
-        let before = previous.get(name).copied().flatten();
-        match ip {
-            None if before.is_some() || !previous.contains_key(name) => {
-                tracing::warn!(%name, host = format!("{name}{suffix}"), "member host name does not resolve; the member is unusable until it does");
-            }
-            Some(ip) if before != Some(*ip) => {
-                tracing::info!(%name, host = format!("{name}{suffix}"), %ip, "member host name resolved")
-            }
-            _ => {}
-        }
-    }
-    resolved
 }

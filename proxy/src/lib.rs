@@ -6,7 +6,8 @@
 //! - [`sticky`]: where the sticky value comes from (parameter, header, cookie).
 //! - [`member`]: a member and its runtime state (health, counters, score, overrides).
 //! - [`table`]: the member table built from one snapshot, with its swap diff.
-//! - [`balancer`]: the live table, following map changes and DNS.
+//! - [`balancer`]: the live table, following map changes and the members' addresses.
+//! - [`membership`]: where name keys' addresses come from (DNS, or EndpointSlices).
 //! - [`balance`]: Apache's byrequests and bybusyness.
 //! - [`health`]: active health checks.
 //! - [`redirect`]: `--https-redirect`'s 308 to the https URL.
@@ -25,6 +26,7 @@ pub mod health;
 pub mod import_apache;
 pub mod manager;
 pub mod member;
+pub mod membership;
 pub mod metrics;
 pub mod redirect;
 pub mod server;

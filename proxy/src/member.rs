@@ -314,15 +314,18 @@ pub struct Member {
     /// As in the map; see [`Member::loadfactor`] for the effective value.
     pub map_loadfactor: LoadFactor,
     pub map_status: Status,
+    /// Its endpoint is terminating but still serving (`--member-service`): in drain.
+    pub terminating: bool,
     pub state: Arc<MemberState>,
 }
 
 impl Member {
     /// The status requests are routed by: the operator's override, else the map's; a
-    /// member whose agent drains is in drain unless it is disabled.
+    /// member whose agent drains, or whose pod is terminating, is in drain unless it is
+    /// disabled.
     pub fn status_at(&self, now: u64) -> Status {
         let status = self.state.status_override().unwrap_or(self.map_status);
-        if status != Status::Disabled && self.state.agent_draining(now) {
+        if status != Status::Disabled && (self.terminating || self.state.agent_draining(now)) {
             return Status::Drain;
         }
         status

@@ -3,7 +3,7 @@
 //! binds and calls it; tests, the demo and the benchmarks call it in-process the same way.
 
 use crate::admin::ProxyAdmin;
-use crate::balancer::{Addressing, Balancer, follow};
+use crate::balancer::{Addressing, Balancer, Names, follow};
 use crate::config::{self, ProxyOptions, Settings};
 use crate::handler::Proxy;
 use crate::health;
@@ -82,8 +82,7 @@ pub async fn run(
         map.live.clone(),
         Addressing {
             member_port: settings.member_port,
-            domain_suffix: settings.member_domain_suffix.clone(),
-            dns_refresh: settings.dns_refresh,
+            names: names(&settings).await?,
         },
     ));
     // Health checks and agent polling get a pool of their own, on this runtime.
@@ -234,4 +233,23 @@ fn reload(
     }
     changes.log(&read.source);
     *last_read = read.source;
+}
+
+/// Where name keys' addresses come from: the `--member-service` EndpointSlices, else DNS.
+async fn names(settings: &Settings) -> Result<Names, routemap::source::StartError> {
+    match &settings.member_service {
+        None => Ok(Names::Dns {
+            suffix: settings.member_domain_suffix.clone(),
+            refresh: settings.dns_refresh,
+        }),
+        #[cfg(feature = "kubernetes")]
+        Some(service) => {
+            tracing::info!(%service, "member addresses come from the Service's EndpointSlices");
+            Ok(Names::EndpointSlices(
+                crate::membership::endpoint_slices::start(service.clone()).await?,
+            ))
+        }
+        #[cfg(not(feature = "kubernetes"))]
+        Some(_) => Err(routemap::source::StartError::NoKubernetes),
+    }
 }

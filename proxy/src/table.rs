@@ -8,7 +8,7 @@ use http::uri::Authority;
 use routemap::{Key, RouteId, Snapshot};
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 #[derive(Debug)]
@@ -21,8 +21,7 @@ pub struct MemberTable {
     snapshot: Arc<Snapshot>,
 }
 
-/// Host names of the map and what they resolved to (`None`: did not resolve).
-pub type Resolved = HashMap<Arc<str>, Option<IpAddr>>;
+pub use crate::membership::Resolved;
 
 impl MemberTable {
     /// Builds the table for `snapshot`. Members whose key and route are unchanged since
@@ -40,9 +39,12 @@ impl MemberTable {
         let mut changed = Vec::new();
         for entry in snapshot.entries() {
             let port = entry.port.unwrap_or(default_port);
-            let ip = match &entry.key {
-                Key::Addr(ip) => Some(*ip),
-                Key::Name(name) => resolved.get(name).copied().flatten(),
+            let (ip, terminating) = match &entry.key {
+                Key::Addr(ip) => (Some(*ip), false),
+                Key::Name(name) => match resolved.get(name).copied().flatten() {
+                    Some(found) => (Some(found.ip), found.terminating),
+                    None => (None, false),
+                },
             };
             let address = ip.map(|ip| SocketAddr::new(ip, port));
             let authority = address.and_then(|a| Authority::try_from(a.to_string()).ok());
@@ -83,6 +85,7 @@ impl MemberTable {
                 authority,
                 map_loadfactor: entry.loadfactor,
                 map_status: entry.status,
+                terminating,
                 state,
             }));
         }
@@ -198,7 +201,13 @@ mod tests {
     #[test]
     fn members_come_from_the_map_with_ports_and_resolved_names() {
         let mut resolved = Resolved::new();
-        resolved.insert("web-0".into(), Some("10.0.0.9".parse().unwrap()));
+        resolved.insert(
+            "web-0".into(),
+            Some(crate::membership::Found {
+                ip: "10.0.0.9".parse().unwrap(),
+                terminating: false,
+            }),
+        );
         resolved.insert("web-1".into(), None);
         let (table, diff) = MemberTable::build(
             snap(

@@ -1,7 +1,7 @@
-//! An in-test Kubernetes API server for ConfigMaps: enough of the real list/watch wire
-//! protocol for kube's watcher, so the real binaries can be pointed at it through a
-//! kubeconfig. No cluster runs on the test machines; this is what the ConfigMap source is
-//! tested against.
+//! An in-test Kubernetes API server for ConfigMaps and EndpointSlices: enough of the real
+//! list/watch wire protocol for kube's watcher, so the real binaries can be pointed at it
+//! through a kubeconfig. No cluster runs on the test machines; this is what the ConfigMap
+//! source and the proxy's `--member-service` are tested against.
 //!
 //! What it serves, as the real API server does (see `../shared/KUBERNETES.md`):
 //! - `GET /api/v1/namespaces/NS/configmaps?fieldSelector=metadata.name%3DNAME`: a
@@ -9,6 +9,9 @@
 //! - the same with `watch=true&resourceVersion=RV`: HTTP 200, then one JSON event per line
 //!   (`ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK`), starting with every change after `RV`;
 //! - `GET /api/v1/namespaces/NS/configmaps/NAME`: the object, or a 404 `Status`;
+//! - the same for `GET /apis/discovery.k8s.io/v1/namespaces/NS/endpointslices`, filtered by
+//!   `labelSelector=kubernetes.io/service-name%3DNAME` as the EndpointSlice controller labels
+//!   them;
 //! - a watch from a compacted version, or [`ApiServer::expire_watches`]: an in-stream
 //!   `ERROR` event with a `Status` of code 410, after which the client must re-list;
 //! - [`ApiServer::end_watches`]: streams that end cleanly, to be resumed by the client.
@@ -52,8 +55,8 @@ struct Shared {
 #[derive(Default)]
 struct State {
     resource_version: u64,
-    /// `(namespace, name)` → the ConfigMap as the API returns it.
-    objects: BTreeMap<(String, String), Value>,
+    /// `(resource, namespace, name)` → the object as the API returns it.
+    objects: BTreeMap<(Resource, String, String), Value>,
     /// Every change, for watches that start from an older version.
     history: Vec<Event>,
     /// Watches from a version below this one get "410 Gone" (the history was compacted).
@@ -66,9 +69,83 @@ struct State {
 #[derive(Clone)]
 struct Event {
     resource_version: u64,
+    resource: Resource,
     namespace: String,
     name: String,
+    /// The object's `kubernetes.io/service-name` label, for label-selected watches.
+    service: Option<String>,
     line: String,
+}
+
+/// The kinds of object served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Resource {
+    ConfigMap,
+    EndpointSlice,
+}
+
+impl Resource {
+    fn kind(self) -> &'static str {
+        match self {
+            Resource::ConfigMap => "ConfigMap",
+            Resource::EndpointSlice => "EndpointSlice",
+        }
+    }
+
+    fn api_version(self) -> &'static str {
+        match self {
+            Resource::ConfigMap => "v1",
+            Resource::EndpointSlice => "discovery.k8s.io/v1",
+        }
+    }
+
+    fn plural(self) -> &'static str {
+        match self {
+            Resource::ConfigMap => "configmaps",
+            Resource::EndpointSlice => "endpointslices",
+        }
+    }
+}
+
+/// One endpoint of an EndpointSlice, for [`ApiServer::apply_endpoint_slice`].
+#[derive(Debug, Clone)]
+pub struct SliceEndpoint {
+    pub pod: String,
+    pub ip: String,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+impl SliceEndpoint {
+    /// A ready pod.
+    pub fn ready(pod: &str, ip: &str) -> Self {
+        Self {
+            pod: pod.to_owned(),
+            ip: ip.to_owned(),
+            ready: true,
+            serving: true,
+            terminating: false,
+        }
+    }
+
+    /// A pod being deleted that still passes its readiness probe.
+    pub fn terminating(pod: &str, ip: &str) -> Self {
+        Self {
+            ready: false,
+            terminating: true,
+            ..Self::ready(pod, ip)
+        }
+    }
+
+    /// A pod that fails its readiness probe.
+    pub fn not_ready(pod: &str, ip: &str) -> Self {
+        Self {
+            ready: false,
+            serving: false,
+            ..Self::ready(pod, ip)
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -144,44 +221,94 @@ impl ApiServer {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
             .collect();
+        self.put(Resource::ConfigMap, namespace, name, json!({}), |object| {
+            object["data"] = Value::Object(data);
+        });
+    }
+
+    /// Creates or replaces an EndpointSlice of `service`, as the EndpointSlice controller
+    /// writes them (label `kubernetes.io/service-name`, endpoints with `targetRef` and
+    /// conditions).
+    pub fn apply_endpoint_slice(
+        &self,
+        namespace: &str,
+        name: &str,
+        service: &str,
+        endpoints: &[SliceEndpoint],
+    ) {
+        let endpoints: Vec<Value> = endpoints
+            .iter()
+            .map(|e| {
+                json!({
+                    "addresses": [e.ip],
+                    "conditions": {"ready": e.ready, "serving": e.serving, "terminating": e.terminating},
+                    "targetRef": {"kind": "Pod", "namespace": namespace, "name": e.pod},
+                })
+            })
+            .collect();
+        let labels = json!({"kubernetes.io/service-name": service});
+        self.put(Resource::EndpointSlice, namespace, name, labels, |object| {
+            object["addressType"] = Value::from("IPv4");
+            object["endpoints"] = Value::Array(endpoints);
+            object["ports"] = json!([{"name": "http", "port": 8080, "protocol": "TCP"}]);
+        });
+    }
+
+    fn put(
+        &self,
+        resource: Resource,
+        namespace: &str,
+        name: &str,
+        labels: Value,
+        fill: impl FnOnce(&mut Value),
+    ) {
         let mut state = self.shared.lock();
         state.resource_version += 1;
         let version = state.resource_version;
-        let key = (namespace.to_owned(), name.to_owned());
+        let key = (resource, namespace.to_owned(), name.to_owned());
         let kind = if state.objects.contains_key(&key) {
             "MODIFIED"
         } else {
             "ADDED"
         };
-        let object = json!({
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
+        let mut object = json!({
+            "apiVersion": resource.api_version(),
+            "kind": resource.kind(),
             "metadata": {
                 "name": name,
                 "namespace": namespace,
                 "resourceVersion": version.to_string(),
-                "uid": format!("uid-{namespace}-{name}"),
+                "uid": format!("uid-{}-{namespace}-{name}", resource.plural()),
+                "labels": labels,
             },
-            "data": data,
         });
+        fill(&mut object);
         state.objects.insert(key, object.clone());
-        self.shared
-            .record(&mut state, kind, namespace, name, object);
+        self.shared.record(&mut state, kind, resource, object);
     }
 
     /// Deletes the ConfigMap: a `DELETED` event.
     pub fn delete(&self, namespace: &str, name: &str) {
+        self.remove(Resource::ConfigMap, namespace, name);
+    }
+
+    /// Deletes an EndpointSlice: a `DELETED` event.
+    pub fn delete_endpoint_slice(&self, namespace: &str, name: &str) {
+        self.remove(Resource::EndpointSlice, namespace, name);
+    }
+
+    fn remove(&self, resource: Resource, namespace: &str, name: &str) {
         let mut state = self.shared.lock();
-        let Some(mut object) = state
-            .objects
-            .remove(&(namespace.to_owned(), name.to_owned()))
+        let Some(mut object) =
+            state
+                .objects
+                .remove(&(resource, namespace.to_owned(), name.to_owned()))
         else {
-            panic!("no ConfigMap {namespace}/{name} to delete");
+            panic!("no {} {namespace}/{name} to delete", resource.kind());
         };
         state.resource_version += 1;
         object["metadata"]["resourceVersion"] = Value::from(state.resource_version.to_string());
-        self.shared
-            .record(&mut state, "DELETED", namespace, name, object);
+        self.shared.record(&mut state, "DELETED", resource, object);
     }
 
     /// Sends a `BOOKMARK` with the current resourceVersion to every open watch.
@@ -250,11 +377,16 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn record(&self, state: &mut State, kind: &str, namespace: &str, name: &str, object: Value) {
+    fn record(&self, state: &mut State, kind: &str, resource: Resource, object: Value) {
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
         let event = Event {
             resource_version: state.resource_version,
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
+            resource,
+            namespace: text(&object["metadata"]["namespace"]),
+            name: text(&object["metadata"]["name"]),
+            service: object["metadata"]["labels"]["kubernetes.io/service-name"]
+                .as_str()
+                .map(str::to_owned),
             line: json!({"type": kind, "object": object}).to_string() + "\n",
         };
         state.history.push(event.clone());
@@ -266,18 +398,44 @@ impl Shared {
 
 /// What a request asks for.
 struct Query {
+    resource: Resource,
     namespace: String,
     name: Option<String>,
-    /// `GET .../configmaps/NAME`: one object, not a list.
+    /// `labelSelector=kubernetes.io/service-name=NAME`.
+    service: Option<String>,
+    /// `GET .../NAME`: one object, not a list.
     single: bool,
     watch: bool,
     resource_version: Option<u64>,
     timeout: Option<Duration>,
 }
 
+impl Query {
+    fn matches(
+        &self,
+        resource: Resource,
+        namespace: &str,
+        name: &str,
+        service: Option<&str>,
+    ) -> bool {
+        resource == self.resource
+            && namespace == self.namespace
+            && self.name.as_deref().is_none_or(|n| n == name)
+            && self.service.as_deref().is_none_or(|s| Some(s) == service)
+    }
+}
+
 fn parse(req: &Request<Incoming>) -> Option<Query> {
-    let path = req.uri().path().strip_prefix("/api/v1/namespaces/")?;
-    let (namespace, rest) = path.split_once("/configmaps")?;
+    let path = req.uri().path();
+    let (resource, path) = if let Some(rest) = path.strip_prefix("/api/v1/namespaces/") {
+        (Resource::ConfigMap, rest)
+    } else {
+        (
+            Resource::EndpointSlice,
+            path.strip_prefix("/apis/discovery.k8s.io/v1/namespaces/")?,
+        )
+    };
+    let (namespace, rest) = path.split_once(&format!("/{}", resource.plural()))?;
     let name = rest
         .strip_prefix('/')
         .filter(|n| !n.is_empty() && !n.contains('/'));
@@ -285,8 +443,10 @@ fn parse(req: &Request<Incoming>) -> Option<Query> {
         return None;
     }
     let mut query = Query {
+        resource,
         namespace: namespace.to_owned(),
         name: name.map(str::to_owned),
+        service: None,
         single: name.is_some(),
         watch: false,
         resource_version: None,
@@ -295,6 +455,11 @@ fn parse(req: &Request<Incoming>) -> Option<Query> {
     for (key, value) in urlencoded::pairs(req.uri().query().unwrap_or("")) {
         match key.as_str() {
             "fieldSelector" => query.name = value.strip_prefix("metadata.name=").map(str::to_owned),
+            "labelSelector" => {
+                query.service = value
+                    .strip_prefix("kubernetes.io/service-name=")
+                    .map(str::to_owned);
+            }
             "watch" => query.watch = value == "true" || value == "1",
             "resourceVersion" => query.resource_version = value.parse().ok(),
             "timeoutSeconds" => query.timeout = value.parse().ok().map(Duration::from_secs),
@@ -316,7 +481,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ApiBody> {
         return status(
             StatusCode::FORBIDDEN,
             "Forbidden",
-            "configmaps is forbidden: User \"system:serviceaccount:test:stickyroute\" cannot list resource \"configmaps\"",
+            "forbidden: User \"system:serviceaccount:test:stickyroute\" cannot list this resource",
         );
     }
     let Some(query) = parse(&req).filter(|_| req.method() == Method::GET) else {
@@ -338,6 +503,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ApiBody> {
 fn get_one(shared: &Shared, query: &Query) -> Response<ApiBody> {
     let state = shared.lock();
     let key = (
+        query.resource,
         query.namespace.clone(),
         query.name.clone().unwrap_or_default(),
     );
@@ -346,7 +512,7 @@ fn get_one(shared: &Shared, query: &Query) -> Response<ApiBody> {
         None => status(
             StatusCode::NOT_FOUND,
             "NotFound",
-            &format!("configmaps \"{}\" not found", key.1),
+            &format!("{} \"{}\" not found", query.resource.plural(), key.2),
         ),
     }
 }
@@ -356,14 +522,15 @@ fn list(shared: &Shared, query: &Query) -> Response<ApiBody> {
     let items: Vec<&Value> = state
         .objects
         .iter()
-        .filter(|((namespace, name), _)| {
-            *namespace == query.namespace && query.name.as_ref().is_none_or(|n| n == name)
+        .filter(|((resource, namespace, name), object)| {
+            let service = object["metadata"]["labels"]["kubernetes.io/service-name"].as_str();
+            query.matches(*resource, namespace, name, service)
         })
         .map(|(_, object)| object)
         .collect();
     let body = json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMapList",
+        "apiVersion": query.resource.api_version(),
+        "kind": format!("{}List", query.resource.kind()),
         "metadata": {"resourceVersion": state.resource_version.to_string()},
         "items": items,
     });
@@ -372,10 +539,11 @@ fn list(shared: &Shared, query: &Query) -> Response<ApiBody> {
 
 fn watch(shared: &Shared, query: Query) -> Response<ApiBody> {
     let (lines, body) = mpsc::channel::<Bytes>(64);
-    let matches = move |event: &Event| {
-        event.namespace == query.namespace && query.name.as_ref().is_none_or(|n| *n == event.name)
-    };
+    let resource = query.resource;
     let since = query.resource_version.unwrap_or(0);
+    let timeout = query.timeout.unwrap_or(Duration::from_secs(290));
+    let matches =
+        move |e: &Event| query.matches(e.resource, &e.namespace, &e.name, e.service.as_deref());
     let (backlog, mut changes, expired) = {
         let state = shared.lock();
         let expired = since < state.oldest_watchable;
@@ -387,7 +555,6 @@ fn watch(shared: &Shared, query: Query) -> Response<ApiBody> {
             .collect();
         (backlog, shared.changes.subscribe(), expired)
     };
-    let timeout = query.timeout.unwrap_or(Duration::from_secs(290));
     tokio::spawn(async move {
         if expired {
             let _ = lines.send(gone(since)).await;
@@ -410,7 +577,7 @@ fn watch(shared: &Shared, query: Query) -> Response<ApiBody> {
                 Ok(Change::Event(_)) => continue,
                 Ok(Change::Bookmark(version)) => Bytes::from(
                     json!({"type": "BOOKMARK", "object": {
-                        "apiVersion": "v1", "kind": "ConfigMap",
+                        "apiVersion": resource.api_version(), "kind": resource.kind(),
                         "metadata": {"resourceVersion": version.to_string()},
                     }})
                     .to_string()

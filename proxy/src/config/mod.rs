@@ -96,6 +96,8 @@ pub struct Settings {
     pub routing: ArcSwap<Routing>,
     pub health: Option<HealthCheck>,
     pub dns_refresh: Duration,
+    /// `--member-service`: name keys' addresses from this Service's EndpointSlices.
+    pub member_service: Option<crate::membership::ServiceRef>,
     pub workers: usize,
     pub upstream: UpstreamTimeouts,
     pub limits: ServerLimits,
@@ -197,6 +199,13 @@ impl Settings {
             routing: ArcSwap::from_pointee(routing),
             health: health.transpose()?,
             dns_refresh: options.members.dns_refresh.get(),
+            member_service: options
+                .members
+                .member_service
+                .as_deref()
+                .map(crate::membership::ServiceRef::parse)
+                .transpose()
+                .map_err(|e| layered.invalid("member_service", e))?,
             workers: options.workers.count(),
             upstream,
             limits: options.limits.limits(options.upstream.idle_timeout),

@@ -173,6 +173,13 @@ pub struct MemberOptions {
     /// How often member host names are resolved again (also on every map change).
     #[arg(long, default_value_t = DNS_REFRESH, value_name = "DURATION")]
     pub dns_refresh: Span,
+    /// Take name keys' addresses from this Service's EndpointSlices, watched through the
+    /// Kubernetes API, instead of DNS: a key is a pod name (or endpoint hostname). A pod
+    /// that comes back with a new address is routed at once, and one that is terminating
+    /// but still serving keeps its sessions and gets no new ones. Needs get, list and watch
+    /// on endpointslices in that namespace.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub member_service: Option<String>,
 }
 
 /// How requests are routed: read for every request, so a reload (SIGHUP) applies them.

@@ -87,20 +87,28 @@ fn member_row(h: &mut String, m: &ManagedMember, nonce: &str, agents_polled: boo
         None => format!("<td>{}</td>", i.loadfactor),
     };
     let configured = m.status_override.unwrap_or(i.map_status);
-    let status = match (m.status_override, i.agent_draining) {
-        (Some(_), false) => format!(
+    // Why the member drains when its map and override do not say so.
+    let drains = if i.terminating && i.status == Status::Drain {
+        Some("draining (terminating)")
+    } else if i.agent_draining && i.status == Status::Drain {
+        Some("draining (agent)")
+    } else {
+        None
+    };
+    let status = match (m.status_override, drains) {
+        (Some(_), None) => format!(
             "<td class=\"override status\">{} <small>(override; map {})</small></td>",
             i.status, i.map_status
         ),
-        (Some(set), true) => format!(
-            "<td class=\"override status agent-drain\">draining (agent) <small>(override {set}; map {})</small></td>",
+        (Some(set), Some(why)) => format!(
+            "<td class=\"override status drain-by-member\">{why} <small>(override {set}; map {})</small></td>",
             i.map_status
         ),
-        (None, true) => format!(
-            "<td class=\"status agent-drain\">draining (agent) <small>(map {})</small></td>",
+        (None, Some(why)) => format!(
+            "<td class=\"status drain-by-member\">{why} <small>(map {})</small></td>",
             i.map_status
         ),
-        (None, false) => format!("<td class=\"status\">{}</td>", i.status),
+        (None, None) => format!("<td class=\"status\">{}</td>", i.status),
     };
     let health = format!(
         "<td class=\"health {}\">{}<br><small>since {}</small></td>",

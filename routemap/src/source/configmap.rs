@@ -28,17 +28,22 @@ impl ConfigMapSource {
     /// Sets up the client from `KUBECONFIG` (or `~/.kube/config`), else from the in-cluster
     /// service account. The API server is not contacted yet.
     pub async fn connect(target: ConfigMapRef) -> Result<Self, StartError> {
-        let config = Config::infer()
-            .await
-            .map_err(|e| StartError::Kubernetes(e.to_string()))?;
-        let client = Client::try_from(config).map_err(|e| StartError::Kubernetes(e.to_string()))?;
-        Ok(Self::with_client(client, target))
+        Ok(Self::with_client(kube_client().await?, target))
     }
 
     /// With a client set up by the caller (benchmarks and tools that pick their cluster).
     pub fn with_client(client: Client, target: ConfigMapRef) -> Self {
         Self { client, target }
     }
+}
+
+/// A Kubernetes client from `KUBECONFIG` (or `~/.kube/config`), else from the in-cluster
+/// service account, as every API reader of the binaries sets it up. Nothing is contacted yet.
+pub async fn kube_client() -> Result<Client, StartError> {
+    let config = Config::infer()
+        .await
+        .map_err(|e| StartError::Kubernetes(e.to_string()))?;
+    Client::try_from(config).map_err(|e| StartError::Kubernetes(e.to_string()))
 }
 
 impl Source for ConfigMapSource {

@@ -56,7 +56,9 @@ impl fmt::Display for ConfigMapRef {
     }
 }
 
-fn is_dns_label(text: &str) -> bool {
+/// A DNS label as Kubernetes names namespaces and Services: lower-case letters, digits and
+/// `-`, at most 63, starting and ending with a letter or digit.
+pub fn is_dns_label(text: &str) -> bool {
     let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
     (1..=63).contains(&text.len())
         && text.chars().all(|c| alnum(c) || c == '-')

@@ -13,10 +13,12 @@ mod location;
 pub mod watch;
 
 #[cfg(feature = "kubernetes")]
-pub use configmap::ConfigMapSource;
+pub use configmap::{ConfigMapSource, kube_client};
 pub use file::{FileSource, read_map_file};
 pub use fixed::FixedSource;
-pub use location::{ConfigMapRef, DEFAULT_CONFIGMAP_KEY, MapLocation, StartError, start};
+pub use location::{
+    ConfigMapRef, DEFAULT_CONFIGMAP_KEY, MapLocation, StartError, is_dns_label, start,
+};
 pub use watch::{DEFAULT_DEBOUNCE, FileWatchOptions, PathWatch, read_regular_file};
 
 use crate::live::{Live, Publisher};
