@@ -237,6 +237,22 @@ class HelmChart(Manifests):
             objects, _ = render(MODES[mode])
             role = one(objects, "Role")
             map_name = "shop-routes" if mode == "existing-configmap" else "shop-stickyroute-routemap"
+            proxy = container(
+                one(objects, "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy"
+            )
+            # The members' EndpointSlices too, when the proxy follows them (the example
+            # app's Service by default in api mode): listed by label, in this namespace.
+            slices = (
+                [
+                    {
+                        "apiGroups": ["discovery.k8s.io"],
+                        "resources": ["endpointslices"],
+                        "verbs": ["get", "list", "watch"],
+                    }
+                ]
+                if arg(proxy, "--member-service")
+                else []
+            )
             self.assertEqual(
                 role["rules"],
                 [
@@ -246,7 +262,8 @@ class HelmChart(Manifests):
                         "resourceNames": [map_name],
                         "verbs": ["get", "list", "watch"],
                     }
-                ],
+                ]
+                + slices,
                 mode,
             )
             binding = one(objects, "RoleBinding")
@@ -324,6 +341,36 @@ class HelmChart(Manifests):
         check_map(self, text, "routeMap.content")
         keys = [line.split()[0] for line in text.splitlines() if line.split() and not line.startswith("#")]
         self.assertEqual(keys, [f"web-{i}" for i in range(statefulset["spec"]["replicas"])])
+
+    def test_a_pod_drains_before_its_app_stops_and_stays_reachable_meanwhile(self):
+        objects, _ = render({"agent": {"drainTimeoutSeconds": 90, "gracePeriodSeconds": 15}})
+        headless = one(objects, "Service", "web")
+        self.assertIs(headless["spec"]["publishNotReadyAddresses"], True)
+        pod = one(objects, "StatefulSet", "web")["spec"]["template"]["spec"]
+        self.assertEqual(pod["terminationGracePeriodSeconds"], 90 + 15 + 10)
+        agent = container(pod, "stickyroute-agent")
+        self.assertEqual(arg(agent, "--drain-idle"), "30s")
+        self.assertEqual(arg(agent, "--drain-timeout"), "90s")
+        self.assertEqual(arg(agent, "--grace-period"), "15s")
+        pre_stop = container(pod, "app")["lifecycle"]["preStop"]["httpGet"]
+        self.assertEqual(pre_stop["path"], "/prestop")
+        self.assertEqual(
+            pre_stop["port"], int(arg(agent, "--admin-listen").rsplit(":", 1)[1])
+        )
+        proxy = container(
+            one(objects, "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy"
+        )
+        self.assertEqual(arg(proxy, "--member-service"), "shop/web")
+        objects, _ = render({"routeMap": {"source": "file"}})
+        proxy = container(
+            one(objects, "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy"
+        )
+        self.assertIsNone(arg(proxy, "--member-service"), "file mode resolves names by DNS")
+        objects, _ = render({"proxy": {"nofailover": True, "failoverAfter": "2m"}})
+        proxy = container(
+            one(objects, "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy"
+        )
+        self.assertEqual(arg(proxy, "--failover-after"), "2m")
 
     def test_the_proxy_runs_two_replicas_with_a_disruption_budget_and_labels(self):
         objects, _ = render({})
@@ -406,6 +453,12 @@ class HelmChart(Manifests):
             {"proxy": {"proxyProtocol": True}},
             {"proxy": {"accessLog": {"format": "clf"}}},
             {"agent": {"accessLog": {"enabled": "yes"}}},
+            # --failover-after bounds --nofailover's wait: it needs it.
+            {"proxy": {"failoverAfter": "2m"}},
+            {"proxy": {"memberService": "shop/web"}},
+            {"agent": {"drainTimeoutSeconds": 0}},
+            # File mode has no API access to watch EndpointSlices with.
+            {"routeMap": {"source": "file"}, "proxy": {"memberService": "web"}},
         ):
             with self.subTest(values=bad):
                 with self.assertRaises(helm.HelmError):
@@ -613,9 +666,15 @@ class Kustomize(Manifests):
         self.assert_agent_identity(pod, "kustomize")
         proxy = container(one(objects, "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy")
         self.assertEqual(proxy["image"], "registry.example.com/stickyroute:0.1.0")
-        self.assertEqual(
-            arg(proxy, "--member-domain-suffix"), ".web.$(POD_NAMESPACE).svc.cluster.local"
+        self.assertEqual(arg(proxy, "--member-service"), "$(POD_NAMESPACE)/web")
+        rules = one(objects, "Role")["rules"]
+        self.assertIn(
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+            rules,
         )
+        self.assertIs(one(objects, "Service", "web")["spec"]["publishNotReadyAddresses"], True)
+        self.assertEqual(pod["terminationGracePeriodSeconds"], 150)
+        self.assertEqual(container(pod, "app")["lifecycle"]["preStop"]["httpGet"]["path"], "/prestop")
         keys = [l.split()[0] for l in (OVERLAY / "routemap").read_text().splitlines() if l.split() and not l.startswith("#")]
         replicas = one(objects, "StatefulSet")["spec"]["replicas"]
         self.assertEqual(keys, [f"web-{i}" for i in range(replicas)])

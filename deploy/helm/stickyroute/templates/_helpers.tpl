@@ -151,6 +151,35 @@ automountServiceAccountToken: false
 {{- end }}
 {{- end }}
 
+{{/* The Service whose EndpointSlices give the members (proxy.memberService, else the
+     example app's in api mode); empty: DNS. Refused in file mode, which has no API access. */}}
+{{- define "stickyroute.memberService" -}}
+{{- $service := .Values.proxy.memberService }}
+{{- if and (not $service) .Values.exampleApp.enabled (include "stickyroute.apiMode" .) }}
+{{- $service = .Values.exampleApp.name }}
+{{- end }}
+{{- if and $service (not (include "stickyroute.apiMode" .)) }}
+{{- fail "proxy.memberService needs routeMap.source: api (the proxy watches the EndpointSlices through the API)" }}
+{{- end }}
+{{- $service }}
+{{- end }}
+
+{{/* The app container's preStop hook: it waits for the agent's drain (new sessions go
+     elsewhere, this pod's sessions are served until they go quiet), so the app outlives
+     it. Put it in your own app container too. */}}
+{{- define "stickyroute.appLifecycle" -}}
+lifecycle:
+  preStop:
+    httpGet:
+      path: /prestop
+      port: {{ .Values.agent.adminPort }}
+{{- end }}
+
+{{/* Room for the agent's drain, then its grace period, then the app's own shutdown. */}}
+{{- define "stickyroute.appTerminationGrace" -}}
+{{- add .Values.agent.drainTimeoutSeconds .Values.agent.gracePeriodSeconds 10 }}
+{{- end }}
+
 {{- define "stickyroute.agentAdminPort" -}}
 {{- if not (kindIs "invalid" .Values.proxy.agentAdminPort) }}
 {{- .Values.proxy.agentAdminPort }}
@@ -174,6 +203,9 @@ automountServiceAccountToken: false
     - --listen=0.0.0.0:{{ $.Values.agent.port }}
     - --admin-listen=0.0.0.0:{{ $.Values.agent.adminPort }}
     - --upstream=127.0.0.1:{{ .appPort }}
+    - --drain-idle={{ $.Values.agent.drainIdleSeconds }}s
+    - --drain-timeout={{ $.Values.agent.drainTimeoutSeconds }}s
+    - --grace-period={{ $.Values.agent.gracePeriodSeconds }}s
     {{- include "stickyroute.mapArgs" $ | trim | nindent 4 }}
     {{- with $.Values.agent.sessionCookies }}
     - --session-cookie={{ join "," . }}
