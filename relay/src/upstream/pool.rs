@@ -59,7 +59,8 @@ const OWN_SEARCH_DEPTH: usize = 16;
 /// Why no response came back.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    /// No connection could be opened: nothing was sent.
+    /// No connection could be opened, or (for a request that may be repeated) two in a
+    /// row closed without any answer: taken as not delivered.
     #[error("{0}")]
     Connect(std::io::Error),
     /// The exchange failed after the request was (at least partly) written.
@@ -154,7 +155,19 @@ impl Pool {
             Ok(answer) => answer,
             Err(error) if request.replayable && error.nothing_received() => {
                 conn = self.open_with(upstream, request).await?;
-                conn.finish(request, OutgoingBody::empty(None)).await?
+                match conn.finish(request, OutgoingBody::empty(None)).await {
+                    Ok(answer) => answer,
+                    // Twice closed unanswered: the upstream is not serving (it stopped
+                    // listening with the connection in its queue). As for a refused
+                    // connection, the request may go elsewhere.
+                    Err(again) if again.nothing_received() => {
+                        return Err(PoolError::Connect(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionAborted,
+                            format!("{again}, twice: it is not serving"),
+                        )));
+                    }
+                    Err(again) => return Err(again.into()),
+                }
             }
             Err(error) => return Err(error.into()),
         };
