@@ -8,7 +8,7 @@
 //! | sticky route nobody has | — | weighted pick (`--unknown-route reject`: 503) |
 //! | no sticky value, or no route in it | — | weighted pick |
 //!
-//! A member's agent that answers for an app it could not reach (see [`agent_said`]) is a
+//! A member's agent that answers for an app it could not reach (see `agent_said`) is a
 //! failed connection to that member, like a refused one; one that says it drains puts its
 //! member in drain. Under `--nofailover`, `--failover-after` bounds how long a session
 //! waits for its member.
