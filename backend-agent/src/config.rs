@@ -161,7 +161,7 @@ pub struct InstanceOptions {
 #[command(next_help_heading = "Cookie (applied on reload)")]
 pub struct CookieOptions {
     /// Name of the app's session cookie; its presence in a request (or its creation by a
-    /// response) starts stickiness. Case-insensitive, like Apache's [NC]. Repeatable.
+    /// response) starts stickiness. Case-insensitive, like Apache's `[NC]`. Repeatable.
     #[arg(long = "session-cookie", value_delimiter = ',', value_name = "NAME")]
     pub session_cookies: Vec<String>,
     /// A regular expression over the whole Cookie header, like the classic Apache setup's
