@@ -13,6 +13,8 @@
 //! - [`redirect`]: `--https-redirect`'s 308 to the https URL.
 //! - [`handler`]: the request path; [`admin`] and [`metrics`]: what operators see.
 //! - [`manager`]: the balancer-manager page and API (see and steer members at runtime).
+//! - [`overrides`]: the balancer-manager's changes as one set, kept in process or in a
+//!   file every proxy sharing it follows.
 //! - [`import_apache`]: translating an Apache mod_proxy_balancer configuration.
 #![forbid(unsafe_code)]
 
@@ -28,6 +30,7 @@ pub mod manager;
 pub mod member;
 pub mod membership;
 pub mod metrics;
+pub mod overrides;
 pub mod redirect;
 pub mod server;
 pub mod sticky;

@@ -50,6 +50,8 @@ pub struct MemberState {
     /// Operator overrides (balancer-manager); 0 means "as in the map".
     status_override: AtomicU8,
     loadfactor_override: AtomicU8,
+    /// Who set the overrides above and when; `None` without overrides.
+    pub override_origin: arc_swap::ArcSwapOption<crate::overrides::Origin>,
     /// What this member's agent last reported (when `--agent-admin-port` is set).
     pub agent: arc_swap::ArcSwapOption<AgentReport>,
 }
@@ -96,6 +98,7 @@ impl Default for MemberState {
             unusable_since: AtomicU64::new(0),
             status_override: AtomicU8::new(0),
             loadfactor_override: AtomicU8::new(0),
+            override_origin: arc_swap::ArcSwapOption::empty(),
             agent: arc_swap::ArcSwapOption::empty(),
         }
     }

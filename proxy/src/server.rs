@@ -10,6 +10,7 @@ use crate::health;
 use crate::manager::access::Nonce;
 use crate::manager::agents;
 use crate::metrics::Metrics;
+use crate::overrides::file_store::FileStore;
 use std::sync::Arc;
 use stickyroute_relay::map::{FollowedMap, start_map};
 use stickyroute_relay::process::lifecycle::{Controls, Lifecycle};
@@ -76,7 +77,29 @@ pub async fn run(
     let settings = Arc::new(settings);
     let lifecycle = Arc::new(Lifecycle::default());
     let map = start_map(&settings.routemap, settings.routemap_debounce).await?;
-    let balancer = Arc::new(Balancer::default());
+    let (balancer, overrides_store) = match &settings.overrides_file {
+        None => (Arc::new(Balancer::default()), None),
+        Some(path) => {
+            let store = Arc::new(FileStore::new(path.clone()));
+            let balancer = Arc::new(Balancer::with_shared_overrides());
+            // Read before the first table, so that no request is routed without the
+            // overrides (a drained member taking new sessions). There is no last good set
+            // to keep yet, so a bad file stops the start.
+            let set = store
+                .read()
+                .map_err(|e| anyhow::anyhow!("--overrides-file: {e}"))?;
+            tracing::info!(path = %path.display(), version = set.version, overrides = set.overrides.len(), "overrides read from the file");
+            balancer.set_overrides(set);
+            tokio::spawn(store.clone().follow(
+                balancer.clone(),
+                routemap::source::FileWatchOptions {
+                    debounce: settings.routemap_debounce,
+                    ..Default::default()
+                },
+            ));
+            (balancer, Some(store))
+        }
+    };
     tokio::spawn(follow(
         balancer.clone(),
         map.live.clone(),
@@ -136,6 +159,7 @@ pub async fn run(
         traffic_stats: traffic_stats.clone(),
         tls: tls.clone(),
         access_log: access_log.clone(),
+        overrides_store,
     };
     let grace = settings.shutdown.grace;
     let admin_task = tokio::spawn(serve(

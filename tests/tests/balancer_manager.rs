@@ -437,9 +437,14 @@ async fn the_page_in_a_real_browser_drains_a_member() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(browser.text("#flash").await, "Changed www2.");
-    assert_eq!(
-        browser.text("#member-www2 .status").await,
-        "drain (override; map enabled)"
+    let status = browser.text("#member-www2 .status").await;
+    let (shown, origin) = status.split_once('\n').unwrap_or((&status, ""));
+    assert_eq!(shown, "drain (override; map enabled)");
+    // Who set it, and that it is not in the map.
+    assert!(
+        origin.starts_with("set by 127.0.0.1 at ")
+            && origin.ends_with("not in the route map: commit it to the map, or reset"),
+        "{status}"
     );
     let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("balancer-manager.png");
     browser.screenshot(&screenshot).await;

@@ -111,6 +111,8 @@ pub struct Settings {
     pub max_connections: Option<usize>,
     pub agent_admin_port: Option<u16>,
     pub agent_poll_interval: Duration,
+    /// `--overrides-file`: balancer-manager changes shared through this file.
+    pub overrides_file: Option<std::path::PathBuf>,
     pub log_format: LogFormat,
     /// `--access-log`, opened when the proxy starts.
     pub access_log: Option<AccessLogConfig>,
@@ -215,6 +217,7 @@ impl Settings {
             admin_token,
             agent_admin_port: options.manager.agent_admin_port,
             agent_poll_interval: options.manager.agent_poll_interval.get(),
+            overrides_file: options.manager.overrides_file.clone(),
             log_format: options.log_format.log_format,
             access_log: options.access_log.config(&layered)?,
             log_level: options.log_level.filter(&layered)?,

@@ -286,6 +286,12 @@ pub struct ManagerOptions {
     /// How often agents' /status is read.
     #[arg(long, default_value_t = AGENT_POLL_INTERVAL, value_name = "DURATION")]
     pub agent_poll_interval: Span,
+    /// Keep balancer-manager changes in this JSON file, which every proxy given the same
+    /// path follows and applies within about a second (proxies on one host or on a shared
+    /// volume); they survive restarts. A change that cannot be written is refused. Without
+    /// it, changes live in this process only.
+    #[arg(long, value_name = "FILE")]
+    pub overrides_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]

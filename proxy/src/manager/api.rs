@@ -3,6 +3,7 @@
 use crate::admin::{BalancerInfo, MemberInfo};
 use crate::manager::access::Who;
 use crate::member::{AgentReport, Member};
+use crate::overrides::Edit;
 use crate::table::MemberTable;
 use routemap::{LoadFactor, MapStatus, Status};
 use serde::Serialize;
@@ -20,6 +21,19 @@ pub struct View {
     pub nonce: String,
     /// Whether agents' map hashes are read (`--agent-admin-port`).
     pub agents_polled: bool,
+    /// Where the overrides are kept.
+    pub overrides: OverridesInfo,
+}
+
+/// Where the overrides are kept and which version of them is applied here.
+#[derive(Serialize)]
+pub struct OverridesInfo {
+    /// `"process"` (this proxy only, gone on restart) or `"file"`.
+    pub store: &'static str,
+    /// The version of the set applied here.
+    pub version: u64,
+    /// The file store's path and last read error, with `--overrides-file`.
+    pub file: Option<crate::overrides::file_store::StoreStatus>,
 }
 
 #[derive(Serialize)]
@@ -29,6 +43,9 @@ pub struct ManagedMember {
     /// Runtime overrides on top of the map, if any.
     pub status_override: Option<Status>,
     pub loadfactor_override: Option<u8>,
+    /// Who set the overrides, and when (wall-clock milliseconds since the epoch).
+    pub override_by: Option<String>,
+    pub override_at_ms: Option<u64>,
     /// The member's agent's report, and whether its map is the proxy's.
     pub agent: Option<AgentReport>,
     pub agent_map_matches: Option<bool>,
@@ -42,8 +59,11 @@ impl ManagedMember {
             .and_then(|a| a.map_hash.as_deref())
             .zip(proxy_hash)
             .map(|(theirs, ours)| theirs == ours);
+        let origin = member.state.override_origin.load_full();
         Self {
             info: MemberInfo::of(member, now_ms()),
+            override_by: origin.as_ref().map(|o| o.by.clone()),
+            override_at_ms: origin.as_ref().map(|o| o.at_ms),
             status_override: member.state.status_override(),
             loadfactor_override: member.state.loadfactor_override().map(LoadFactor::get),
             agent,
@@ -106,9 +126,9 @@ impl Change {
     }
 }
 
-/// Applies `change` to the member with `route`: validated whole first, so bad input
-/// changes nothing. Each change is logged as an audit line. Returns the member's view.
-pub fn apply(table: &MemberTable, route: &str, change: &Change, who: &Who) -> Result<(), String> {
+/// The edit `change` asks of the member with `route`, validated whole, so that bad input
+/// changes nothing.
+pub fn plan(table: &MemberTable, route: &str, change: &Change, who: &Who) -> Result<Edit, String> {
     let member = table
         .by_route(route)
         .ok_or_else(|| format!("no member has route {route:?}"))?;
@@ -135,38 +155,66 @@ pub fn apply(table: &MemberTable, route: &str, change: &Change, who: &Who) -> Re
     if !change.reset && status.is_none() && loadfactor.is_none() {
         return Err("nothing to change: give status, loadfactor or reset".to_owned());
     }
-    let state = &member.state;
-    if change.reset {
+    Ok(Edit {
+        route: member.route.as_str().to_owned(),
+        key: member.key.to_string(),
+        status,
+        loadfactor,
+        reset: change.reset,
+        by: who.to_string(),
+        at_ms: crate::member::wall_ms(),
+    })
+}
+
+/// What a member is set to before an edit, for its audit lines.
+pub struct Before {
+    status: Status,
+    loadfactor: u8,
+    described: String,
+}
+
+impl Before {
+    pub fn of(member: &Member) -> Self {
+        Self {
+            status: member.configured_status(),
+            loadfactor: member.loadfactor(),
+            described: describe(member),
+        }
+    }
+}
+
+/// Logs a made edit as audit lines, one per thing changed.
+pub fn audit_edit(who: &Who, member: &Member, edit: &Edit, before: &Before) {
+    if edit.reset {
         audit(
             who,
             member,
             "reset to map",
-            &describe(member),
+            &before.described,
             &format!(
                 "status {} loadfactor {}",
                 member.map_status, member.map_loadfactor
             ),
         );
-        state.set_status_override(None);
-        state.set_loadfactor_override(None);
     }
-    if let Some(status) = status {
-        let before = member.configured_status();
-        state.set_status_override(Some(status));
-        audit(who, member, "status", before.as_str(), status.as_str());
+    if let Some(status) = edit.status {
+        audit(
+            who,
+            member,
+            "status",
+            before.status.as_str(),
+            status.as_str(),
+        );
     }
-    if let Some(loadfactor) = loadfactor {
-        let before = member.loadfactor();
-        state.set_loadfactor_override(Some(loadfactor));
+    if let Some(loadfactor) = edit.loadfactor {
         audit(
             who,
             member,
             "loadfactor",
-            &before.to_string(),
+            &before.loadfactor.to_string(),
             &loadfactor.to_string(),
         );
     }
-    Ok(())
 }
 
 fn describe(member: &Member) -> String {

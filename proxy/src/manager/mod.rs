@@ -6,7 +6,10 @@
 //!   (the page's forms): change status or loadfactor, or reset to the map.
 //!
 //! Changes are overrides on top of the route map: kept across map reloads while the
-//! member's key and route are unchanged, gone with the member, removable by "reset".
+//! member's key and route are unchanged, removable by "reset". Without a store they live
+//! in this process and go with their member; with `--overrides-file` every proxy sharing
+//! the file applies them, and a change that cannot be stored is refused (see
+//! [`crate::overrides`]).
 //!
 //! Every answer here names its host and cannot be framed; changes take only their own
 //! content type (a cross-site form can send neither JSON nor, without the nonce, a change)
@@ -65,6 +68,15 @@ impl ProxyAdmin {
                 .unwrap_or_default(),
             nonce: self.nonce.as_str().to_owned(),
             agents_polled: self.settings.agent_admin_port.is_some(),
+            overrides: api::OverridesInfo {
+                store: if self.overrides_store.is_some() {
+                    "file"
+                } else {
+                    "process"
+                },
+                version: self.balancer.overrides().version,
+                file: self.overrides_store.as_ref().map(|s| s.status()),
+            },
         }
     }
 
@@ -222,9 +234,32 @@ impl ProxyAdmin {
         let Some(table) = self.balancer.table() else {
             return error(StatusCode::SERVICE_UNAVAILABLE, "no route map loaded yet");
         };
-        if let Err(message) = api::apply(&table, route, &change, who) {
-            return error(StatusCode::BAD_REQUEST, message);
+        let edit = match api::plan(&table, route, &change, who) {
+            Ok(edit) => edit,
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        };
+        let Some(member) = table.by_route(route) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("no member has route {route:?}"),
+            );
+        };
+        let before = api::Before::of(member);
+        match &self.overrides_store {
+            Some(store) => {
+                if let Err(e) = store.change(edit.clone(), &self.balancer).await {
+                    tracing::error!(%who, member = route, "balancer-manager change not made: {e}");
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "the change was not made, as the overrides store cannot take it: {e}"
+                        ),
+                    );
+                }
+            }
+            None => self.balancer.edit_overrides(&edit),
         }
+        api::audit_edit(who, member, &edit, &before);
         if form {
             let mut response = body::text(StatusCode::SEE_OTHER, "changed\n");
             let location = format!("/balancer-manager?done={route}");

@@ -38,6 +38,33 @@ pub fn render(view: &View, flash: Option<&str>) -> String {
         b.retry_seconds,
         b.table_swaps
     );
+    let o = &view.overrides;
+    let kept = match &o.file {
+        Some(file) => format!(
+            "in <code>{}</code>, shared by every proxy given that file",
+            esc(&file.path)
+        ),
+        None => "in this proxy only (lost on restart; other replicas do not see them)".to_owned(),
+    };
+    let _ = write!(
+        h,
+        "<h2>Overrides</h2><table id=\"overrides\"><tr><th>kept</th><td>{kept}</td></tr>\
+         <tr><th>version applied</th><td id=\"overrides-version\">{}</td></tr>",
+        o.version
+    );
+    if let Some((error, at)) = o
+        .file
+        .as_ref()
+        .and_then(|f| f.last_error.as_deref().zip(f.last_error_at_ms))
+    {
+        let _ = write!(
+            h,
+            "<tr><th>last error</th><td class=\"err\">{} (at {}); the last good overrides stay applied</td></tr>",
+            esc(error),
+            time(at)
+        );
+    }
+    h.push_str("</table>");
     let m = &view.map;
     let hash = m.hash.as_deref().unwrap_or("none loaded");
     let _ = write!(
@@ -95,20 +122,29 @@ fn member_row(h: &mut String, m: &ManagedMember, nonce: &str, agents_polled: boo
     } else {
         None
     };
+    // Overrides are not in the route map (the configuration in git): say who set them.
+    let origin = match (&m.override_by, m.override_at_ms) {
+        (Some(by), Some(at)) => format!(
+            "<br><small class=\"origin\">set by {} at {}; not in the route map: commit it to the map, or reset</small>",
+            esc(by),
+            time(at)
+        ),
+        _ => String::new(),
+    };
     let status = match (m.status_override, drains) {
         (Some(_), None) => format!(
-            "<td class=\"override status\">{} <small>(override; map {})</small></td>",
+            "<td class=\"override status\">{} <small>(override; map {})</small>{origin}</td>",
             i.status, i.map_status
         ),
         (Some(set), Some(why)) => format!(
-            "<td class=\"override status drain-by-member\">{why} <small>(override {set}; map {})</small></td>",
+            "<td class=\"override status drain-by-member\">{why} <small>(override {set}; map {})</small>{origin}</td>",
             i.map_status
         ),
         (None, Some(why)) => format!(
-            "<td class=\"status drain-by-member\">{why} <small>(map {})</small></td>",
+            "<td class=\"status drain-by-member\">{why} <small>(map {})</small>{origin}</td>",
             i.map_status
         ),
-        (None, None) => format!("<td class=\"status\">{}</td>", i.status),
+        (None, None) => format!("<td class=\"status\">{}{origin}</td>", i.status),
     };
     let health = format!(
         "<td class=\"health {}\">{}<br><small>since {}</small></td>",

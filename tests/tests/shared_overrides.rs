@@ -1,0 +1,269 @@
+//! `--overrides-file`: balancer-manager changes shared by every proxy given the same file,
+//! surviving restarts, refused when they cannot be stored. Two real proxy processes on one
+//! map, as two replicas on one host (or a shared volume) would run.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use http::Method;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use stickyroute_tests::client::{Reply, call, get};
+use stickyroute_tests::cluster::Cluster;
+use stickyroute_tests::proxy::Proxy;
+
+const API: &str = "/balancer-manager/api/";
+
+async fn view(admin: SocketAddr) -> Value {
+    let reply = get(admin, API).send().await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()
+}
+
+fn member(view: &Value, route: &str) -> Value {
+    view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["route"] == route)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {route} in {view}"))
+}
+
+async fn change(admin: SocketAddr, route: &str, mut body: Value) -> Reply {
+    body["nonce"] = view(admin).await["nonce"].clone();
+    call(
+        admin,
+        Method::POST,
+        &format!("/balancer-manager/api/members/{route}"),
+    )
+    .header("content-type", "application/json")
+    .body(body.to_string())
+    .send()
+    .await
+}
+
+/// Waits until `route` shows `status` on `admin`, and says how long that took.
+async fn until_status(admin: SocketAddr, route: &str, status: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        let now = member(&view(admin).await, route);
+        if now["status"] == status {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{route} never became {status}: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn replica(map: &Path, store: &Path) -> Proxy {
+    Proxy::builder(map)
+        .args(&["--overrides-file", &store.display().to_string()])
+        .start_process()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_through_one_proxy_is_applied_by_the_other_and_survives_restarts() {
+    let shared = tempfile::tempdir().unwrap();
+    let store = shared.path().join("overrides.json");
+    let store_flag = store.display().to_string();
+    let c = Cluster::classic_process(&["--overrides-file", &store_flag]).await;
+    let b = replica(&c.map, &store);
+    b.wait_members(4).await;
+    let a = c.proxy.admin;
+
+    let drained = change(a, "www1", json!({"status": "drain"})).await;
+    assert_eq!(drained.status, 200, "{}", drained.text());
+    let took = until_status(b.admin, "www1", "drain").await;
+    println!("drain through one proxy applied by the other after {took:?}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+
+    // The other replica routes by it: www1's sessions stay, new sessions go elsewhere.
+    for _ in 0..40 {
+        let reply = get(b.addr, "/").send().await;
+        assert_eq!(reply.status, 200);
+        assert_ne!(reply.header("x-app").as_deref(), Some("www1"));
+    }
+    let sticky = get(b.addr, "/")
+        .header("cookie", "balanceid=route.www1")
+        .send()
+        .await;
+    assert_eq!(sticky.header("x-app").as_deref(), Some("www1"));
+
+    // Who set it and when, and that it is not in the map, on the replica that did not take it.
+    let seen = view(b.admin).await;
+    let www1 = member(&seen, "www1");
+    assert_eq!(www1["override_by"], "127.0.0.1");
+    assert!(www1["override_at_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    assert_eq!(seen["overrides"]["store"], "file");
+    assert_eq!(seen["overrides"]["version"], 1);
+    let page = get(b.admin, "/balancer-manager").send().await.text();
+    assert!(
+        page.contains("set by 127.0.0.1 at ") && page.contains("commit it to the map, or reset"),
+        "{page}"
+    );
+
+    // Both restarted: the change is still there.
+    drop(b);
+    let map = c.map.clone();
+    let Cluster {
+        dir, apps, proxy, ..
+    } = c;
+    drop(proxy);
+    let a = replica(&map, &store);
+    let b = replica(&map, &store);
+    a.wait_members(4).await;
+    b.wait_members(4).await;
+    for p in [&a, &b] {
+        assert_eq!(member(&view(p.admin).await, "www1")["status"], "drain");
+    }
+
+    // Reset through either clears it everywhere.
+    let reset = change(b.admin, "www1", json!({"reset": true})).await;
+    assert_eq!(reset.status, 200, "{}", reset.text());
+    let took = until_status(a.admin, "www1", "enabled").await;
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert_eq!(
+        member(&view(a.admin).await, "www1")["override_by"],
+        Value::Null
+    );
+    let stored: Value = serde_json::from_str(&std::fs::read_to_string(&store).unwrap()).unwrap();
+    assert_eq!(stored["overrides"], json!([]));
+    drop((dir, apps));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_changes_through_two_proxies_are_all_kept() {
+    let shared = tempfile::tempdir().unwrap();
+    let store = shared.path().join("overrides.json");
+    let store_flag = store.display().to_string();
+    let c = Cluster::classic_process(&["--overrides-file", &store_flag]).await;
+    let b = replica(&c.map, &store);
+    b.wait_members(4).await;
+    let (na, nb) = (
+        view(c.proxy.admin).await["nonce"].clone(),
+        view(b.admin).await["nonce"].clone(),
+    );
+    // Twenty changes at once, alternating proxies, each to its own loadfactor of a member.
+    let routes = ["www1", "www2", "www3", "www0"];
+    let sends = (0..20).map(|i| {
+        let (admin, nonce) = if i % 2 == 0 {
+            (c.proxy.admin, na.clone())
+        } else {
+            (b.admin, nb.clone())
+        };
+        let route = routes[i % 4];
+        async move {
+            let reply = call(
+                admin,
+                Method::POST,
+                &format!("/balancer-manager/api/members/{route}"),
+            )
+            .header("content-type", "application/json")
+            .body(json!({"nonce": nonce, "loadfactor": 10 + i}).to_string())
+            .send()
+            .await;
+            assert_eq!(reply.status, 200, "{}", reply.text());
+        }
+    });
+    futures_util::future::join_all(sends).await;
+    let stored: Value = serde_json::from_str(&std::fs::read_to_string(&store).unwrap()).unwrap();
+    assert_eq!(stored["version"], 20, "every change was written: {stored}");
+    assert_eq!(stored["overrides"].as_array().unwrap().len(), 4);
+    // Both proxies converge on the file's set.
+    let expected: Vec<(String, u64)> = {
+        let mut e: Vec<_> = stored["overrides"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                (
+                    o["route"].as_str().unwrap().to_owned(),
+                    o["loadfactor"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        e.sort();
+        e
+    };
+    for admin in [c.proxy.admin, b.admin] {
+        stickyroute_tests::eventually_async(
+            "both proxies apply the file",
+            Duration::from_secs(2),
+            || async {
+                let v = view(admin).await;
+                let mut seen: Vec<(String, u64)> = v["members"]
+                    .as_array()?
+                    .iter()
+                    .map(|m| {
+                        (
+                            m["route"].as_str().unwrap_or("").to_owned(),
+                            m["loadfactor"].as_u64().unwrap_or(0),
+                        )
+                    })
+                    .collect();
+                seen.sort();
+                (seen == expected).then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_be_written_refuses_the_change_and_a_bad_file_keeps_the_last_set() {
+    let shared = tempfile::tempdir().unwrap();
+    let store = shared.path().join("overrides.json");
+    let store_flag = store.display().to_string();
+    let c = Cluster::classic_process(&["--overrides-file", &store_flag]).await;
+    let a = c.proxy.admin;
+    assert_eq!(
+        change(a, "www2", json!({"status": "drain"})).await.status,
+        200
+    );
+
+    // A broken file: the drain stays, the error names the file and the line.
+    std::fs::write(&store, "{\"version\": 9,\n  \"overrides\": [oops]\n}\n").unwrap();
+    let error = stickyroute_tests::eventually_async(
+        "the bad file reported",
+        Duration::from_secs(5),
+        || async {
+            let v = view(a).await;
+            v["overrides"]["file"]["last_error"]
+                .as_str()
+                .map(str::to_owned)
+        },
+    )
+    .await;
+    assert!(error.contains("overrides.json: line 2 column"), "{error}");
+    assert_eq!(member(&view(a).await, "www2")["status"], "drain");
+    let page = get(a, "/balancer-manager").send().await.text();
+    assert!(
+        page.contains("the last good overrides stay applied"),
+        "{page}"
+    );
+    // A change on top of a file it cannot read is refused, and the file left alone.
+    let refused = change(a, "www3", json!({"status": "disabled"})).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        refused.text().contains("overrides.json"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(member(&view(a).await, "www3")["status"], "enabled");
+
+    // The store's directory gone: the change fails visibly and changes nothing here.
+    drop(shared);
+    let refused = change(a, "www3", json!({"status": "disabled"})).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        refused.text().contains("the change was not made"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(member(&view(a).await, "www3")["status"], "enabled");
+    assert_eq!(member(&view(a).await, "www2")["status"], "drain");
+}
