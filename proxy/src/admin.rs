@@ -34,8 +34,9 @@ pub struct ProxyAdmin {
     /// TLS termination, when configured: its certificates and handshake counters.
     pub tls: Option<Arc<TlsServer>>,
     pub access_log: Option<AccessLog>,
-    /// `--overrides-file`: where balancer-manager changes are kept for every proxy.
-    pub overrides_store: Option<Arc<crate::overrides::file_store::FileStore>>,
+    /// `--overrides-file` or `--overrides-configmap`: where balancer-manager changes are kept
+    /// for every proxy.
+    pub overrides_store: Option<crate::overrides::store::Store>,
 }
 
 #[derive(Serialize)]

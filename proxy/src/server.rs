@@ -4,6 +4,7 @@
 
 use crate::admin::ProxyAdmin;
 use crate::balancer::{Addressing, Balancer, Names, follow};
+use crate::config::OverridesAt;
 use crate::config::{self, ProxyOptions, Settings};
 use crate::handler::Proxy;
 use crate::health;
@@ -11,6 +12,7 @@ use crate::manager::access::Nonce;
 use crate::manager::agents;
 use crate::metrics::Metrics;
 use crate::overrides::file_store::FileStore;
+use crate::overrides::store::Store;
 use std::sync::Arc;
 use stickyroute_relay::map::{FollowedMap, start_map};
 use stickyroute_relay::process::lifecycle::{Controls, Lifecycle};
@@ -77,29 +79,13 @@ pub async fn run(
     let settings = Arc::new(settings);
     let lifecycle = Arc::new(Lifecycle::default());
     let map = start_map(&settings.routemap, settings.routemap_debounce).await?;
-    let (balancer, overrides_store) = match &settings.overrides_file {
+    let (balancer, overrides_store) = match open_overrides(&settings).await? {
         None => (Arc::new(Balancer::default()), None),
-        Some(path) => {
-            let store = Arc::new(FileStore::new(path.clone()));
-            let balancer = Arc::new(Balancer::with_shared_overrides());
-            // Read before the first table, so that no request is routed without the
-            // overrides (a drained member taking new sessions). There is no last good set
-            // to keep yet, so a bad file stops the start.
-            let set = store
-                .read()
-                .map_err(|e| anyhow::anyhow!("--overrides-file: {e}"))?;
-            tracing::info!(path = %path.display(), version = set.version, overrides = set.overrides.len(), "overrides read from the file");
-            balancer.set_overrides(set);
-            tokio::spawn(store.clone().follow(
-                balancer.clone(),
-                routemap::source::FileWatchOptions {
-                    debounce: settings.routemap_debounce,
-                    ..Default::default()
-                },
-            ));
-            (balancer, Some(store))
-        }
+        Some(store) => (Arc::new(Balancer::with_shared_overrides()), Some(store)),
     };
+    if let Some(store) = &overrides_store {
+        follow_overrides(store, &balancer, &settings).await?;
+    }
     tokio::spawn(follow(
         balancer.clone(),
         map.live.clone(),
@@ -258,6 +244,68 @@ fn reload(
     changes.log(&read.source);
     *last_read = read.source;
 }
+
+/// The store `--overrides-file` or `--overrides-configmap` name, if any.
+async fn open_overrides(settings: &Settings) -> anyhow::Result<Option<Store>> {
+    Ok(match &settings.overrides {
+        None => None,
+        Some(OverridesAt::File(path)) => Some(Store::File(Arc::new(FileStore::new(path.clone())))),
+        #[cfg(feature = "kubernetes")]
+        Some(OverridesAt::ConfigMap(target)) => Some(Store::ConfigMap(Arc::new(
+            crate::overrides::configmap_store::ConfigMapStore::new(
+                routemap::source::kube_client().await?,
+                target,
+            ),
+        ))),
+        #[cfg(not(feature = "kubernetes"))]
+        Some(OverridesAt::ConfigMap(_)) => {
+            return Err(routemap::source::StartError::NoKubernetes.into());
+        }
+    })
+}
+
+/// Starts following the store. The file is read once first, so that no request is routed
+/// without its overrides (a drained member taking new sessions); there is no last good set
+/// to keep yet, so a bad file stops the start. The ConfigMap's first list is waited for
+/// the same way, for a while: an API that does not answer must not keep the proxy down.
+async fn follow_overrides(
+    store: &Store,
+    balancer: &Arc<Balancer>,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    match store {
+        Store::File(file) => {
+            let set = file
+                .read()
+                .map_err(|e| anyhow::anyhow!("--overrides-file: {e}"))?;
+            tracing::info!(store = %file.path().display(), version = set.version, overrides = set.overrides.len(), "overrides read");
+            balancer.set_overrides(set);
+            tokio::spawn(file.clone().follow(
+                balancer.clone(),
+                routemap::source::FileWatchOptions {
+                    debounce: settings.routemap_debounce,
+                    ..Default::default()
+                },
+            ));
+        }
+        #[cfg(feature = "kubernetes")]
+        Store::ConfigMap(configmap) => {
+            let first = configmap.first_read();
+            tokio::spawn(configmap.clone().follow(balancer.clone()));
+            if tokio::time::timeout(OVERRIDES_FIRST_READ, first)
+                .await
+                .is_err()
+            {
+                tracing::warn!(store = %configmap.status().location, "overrides not read within {OVERRIDES_FIRST_READ:?}; starting without them, they apply when read");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How long the start waits for the overrides ConfigMap's first read.
+#[cfg(feature = "kubernetes")]
+const OVERRIDES_FIRST_READ: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where name keys' addresses come from: the `--member-service` EndpointSlices, else DNS.
 async fn names(settings: &Settings) -> Result<Names, routemap::source::StartError> {

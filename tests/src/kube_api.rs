@@ -12,6 +12,10 @@
 //! - the same for `GET /apis/discovery.k8s.io/v1/namespaces/NS/endpointslices`, filtered by
 //!   `labelSelector=kubernetes.io/service-name%3DNAME` as the EndpointSlice controller labels
 //!   them;
+//! - `PUT /api/v1/namespaces/NS/configmaps/NAME`: replaces the ConfigMap when the body's
+//!   `metadata.resourceVersion` is the stored one, else `409 Conflict` (optimistic
+//!   concurrency, as the real server does); [`ApiServer::conflict_next_puts`] makes another
+//!   writer get in first;
 //! - a watch from a compacted version, or [`ApiServer::expire_watches`]: an in-stream
 //!   `ERROR` event with a `Status` of code 410, after which the client must re-list;
 //! - [`ApiServer::end_watches`]: streams that end cleanly, to be resumed by the client.
@@ -63,6 +67,10 @@ struct State {
     oldest_watchable: u64,
     /// Answer every request with 403, as with missing RBAC.
     forbidden: bool,
+    /// PUTs still to be beaten by another writer (see [`ApiServer::conflict_next_puts`]).
+    conflicting_puts: u32,
+    /// PUTs answered 409.
+    conflicts: u32,
     requests: Vec<String>,
 }
 
@@ -336,6 +344,26 @@ impl ApiServer {
         self.shared.lock().forbidden = on;
     }
 
+    /// The next `n` replacements find the ConfigMap changed by another writer just before
+    /// (it is written again, unchanged, with a new resourceVersion) and get 409 Conflict.
+    pub fn conflict_next_puts(&self, n: u32) {
+        self.shared.lock().conflicting_puts = n;
+    }
+
+    /// Replacements answered 409 Conflict so far.
+    pub fn conflicts(&self) -> u32 {
+        self.shared.lock().conflicts
+    }
+
+    /// The ConfigMap's `data[key]`, if it has one.
+    pub fn data(&self, namespace: &str, name: &str, key: &str) -> Option<String> {
+        self.shared
+            .lock()
+            .objects
+            .get(&(Resource::ConfigMap, namespace.to_owned(), name.to_owned()))
+            .and_then(|o| o["data"][key].as_str().map(str::to_owned))
+    }
+
     /// `METHOD PATH?QUERY` of every request so far.
     pub fn requests(&self) -> Vec<String> {
         self.shared.lock().requests.clone()
@@ -484,6 +512,16 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ApiBody> {
             "forbidden: User \"system:serviceaccount:test:stickyroute\" cannot list this resource",
         );
     }
+    if req.method() == Method::PUT {
+        return match parse(&req).filter(|q| q.single && q.resource == Resource::ConfigMap) {
+            Some(query) => replace(shared, &query, req).await,
+            None => status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "only ConfigMaps are replaced here",
+            ),
+        };
+    }
     let Some(query) = parse(&req).filter(|_| req.method() == Method::GET) else {
         return status(
             StatusCode::NOT_FOUND,
@@ -515,6 +553,55 @@ fn get_one(shared: &Shared, query: &Query) -> Response<ApiBody> {
             &format!("{} \"{}\" not found", query.resource.plural(), key.2),
         ),
     }
+}
+
+/// `PUT .../configmaps/NAME`: optimistic concurrency on `metadata.resourceVersion`.
+async fn replace(shared: &Shared, query: &Query, req: Request<Incoming>) -> Response<ApiBody> {
+    let Ok(body) = req.into_body().collect().await else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "unreadable body");
+    };
+    let Ok(mut object) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the body is not JSON",
+        );
+    };
+    let name = query.name.clone().unwrap_or_default();
+    let key = (Resource::ConfigMap, query.namespace.clone(), name.clone());
+    let mut state = shared.lock();
+    let Some(stored) = state.objects.get(&key).cloned() else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("configmaps \"{name}\" not found"),
+        );
+    };
+    if state.conflicting_puts > 0 {
+        // Another writer got in first: the same object, a new version.
+        state.conflicting_puts -= 1;
+        state.resource_version += 1;
+        let mut beaten = stored.clone();
+        beaten["metadata"]["resourceVersion"] = Value::from(state.resource_version.to_string());
+        state.objects.insert(key.clone(), beaten.clone());
+        shared.record(&mut state, "MODIFIED", Resource::ConfigMap, beaten);
+    }
+    let current = state.objects[&key]["metadata"]["resourceVersion"].clone();
+    if object["metadata"]["resourceVersion"] != current {
+        state.conflicts += 1;
+        return status(
+            StatusCode::CONFLICT,
+            "Conflict",
+            &format!(
+                "Operation cannot be fulfilled on configmaps \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+            ),
+        );
+    }
+    state.resource_version += 1;
+    object["metadata"]["resourceVersion"] = Value::from(state.resource_version.to_string());
+    state.objects.insert(key, object.clone());
+    shared.record(&mut state, "MODIFIED", Resource::ConfigMap, object.clone());
+    json_response(StatusCode::OK, object.to_string())
 }
 
 fn list(shared: &Shared, query: &Query) -> Response<ApiBody> {

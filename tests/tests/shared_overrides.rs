@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use stickyroute_tests::client::{Reply, call, get};
 use stickyroute_tests::cluster::Cluster;
+use stickyroute_tests::kube_api::ApiServer;
 use stickyroute_tests::proxy::Proxy;
 
 const API: &str = "/balancer-manager/api/";
@@ -232,9 +233,7 @@ async fn a_store_that_cannot_be_written_refuses_the_change_and_a_bad_file_keeps_
         Duration::from_secs(5),
         || async {
             let v = view(a).await;
-            v["overrides"]["file"]["last_error"]
-                .as_str()
-                .map(str::to_owned)
+            v["overrides"]["last_error"].as_str().map(str::to_owned)
         },
     )
     .await;
@@ -266,4 +265,115 @@ async fn a_store_that_cannot_be_written_refuses_the_change_and_a_bad_file_keeps_
     );
     assert_eq!(member(&view(a).await, "www3")["status"], "enabled");
     assert_eq!(member(&view(a).await, "www2")["status"], "drain");
+}
+
+/// Two replicas keeping their overrides in a ConfigMap of the in-test API server (it speaks
+/// the real list/watch protocol and the optimistic concurrency of `PUT`; no cluster runs
+/// here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_overrides_through_a_configmap_and_retry_conflicts() {
+    let api = ApiServer::start().await;
+    api.apply("shop", "routes-overrides", &[]);
+    let c = Cluster::classic(&[]).await;
+    let kubeconfig = api.kubeconfig().display().to_string();
+    let replica = |object: &str| {
+        Proxy::builder(&c.map)
+            .args(&["--overrides-configmap", object])
+            .env("KUBECONFIG", &kubeconfig)
+            .start_process()
+    };
+    let a = replica("shop/routes-overrides");
+    let b = replica("shop/routes-overrides");
+    a.wait_members(4).await;
+    b.wait_members(4).await;
+
+    assert_eq!(
+        change(a.admin, "www1", json!({"status": "drain"}))
+            .await
+            .status,
+        200
+    );
+    let took = until_status(b.admin, "www1", "drain").await;
+    println!("drain through one replica applied by the other after {took:?}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert_eq!(
+        member(&view(b.admin).await, "www1")["override_by"],
+        "127.0.0.1"
+    );
+
+    // Another writer gets in first twice: the change is made again on the fresh object,
+    // and the earlier drain is not lost.
+    api.conflict_next_puts(2);
+    let reweighted = change(b.admin, "www2", json!({"loadfactor": 30})).await;
+    assert_eq!(reweighted.status, 200, "{}", reweighted.text());
+    assert_eq!(api.conflicts(), 2);
+    let stored: Value = serde_json::from_str(
+        &api.data("shop", "routes-overrides", "overrides.json")
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stored["version"], 2, "{stored}");
+    assert_eq!(stored["overrides"].as_array().unwrap().len(), 2, "{stored}");
+    let seen = view(b.admin).await;
+    assert_eq!(seen["overrides"]["store"], "configmap");
+    assert_eq!(seen["overrides"]["conflicts_retried"], 2);
+    stickyroute_tests::eventually_async(
+        "the reweight on the other replica",
+        Duration::from_secs(2),
+        || async { (member(&view(a.admin).await, "www2")["loadfactor"] == 30).then_some(()) },
+    )
+    .await;
+
+    // Both restarted: still there.
+    drop((a, b));
+    let a = replica("shop/routes-overrides");
+    let b = replica("shop/routes-overrides");
+    a.wait_members(4).await;
+    b.wait_members(4).await;
+    for p in [&a, &b] {
+        stickyroute_tests::eventually_async(
+            "the drain after a restart",
+            Duration::from_secs(5),
+            || async { (member(&view(p.admin).await, "www1")["status"] == "drain").then_some(()) },
+        )
+        .await;
+    }
+
+    // A ConfigMap edited into something invalid: reported, the last set stays.
+    api.apply(
+        "shop",
+        "routes-overrides",
+        &[("overrides.json", "{\"version\": 3, \"overrides\": 7}")],
+    );
+    let error = stickyroute_tests::eventually_async(
+        "the bad ConfigMap reported",
+        Duration::from_secs(5),
+        || async {
+            view(a.admin).await["overrides"]["last_error"]
+                .as_str()
+                .map(str::to_owned)
+        },
+    )
+    .await;
+    assert!(
+        error.contains("configmap:shop/routes-overrides#overrides.json: line 1"),
+        "{error}"
+    );
+    assert_eq!(member(&view(a.admin).await, "www1")["status"], "drain");
+    // Reset (after fixing the ConfigMap, here by emptying it) clears it everywhere.
+    api.apply("shop", "routes-overrides", &[]);
+    until_status(a.admin, "www1", "enabled").await;
+    until_status(b.admin, "www1", "enabled").await;
+
+    // A ConfigMap that does not exist: the change is refused and says what to do.
+    let lost = replica("shop/no-such-overrides");
+    lost.wait_members(4).await;
+    let refused = change(lost.admin, "www3", json!({"status": "disabled"})).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        refused.text().contains("does not exist; create it"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(member(&view(lost.admin).await, "www3")["status"], "enabled");
 }

@@ -78,6 +78,13 @@ pub struct ManagerAccess {
     pub hosts: AllowedHosts,
 }
 
+/// Where balancer-manager changes are kept for every replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OverridesAt {
+    File(std::path::PathBuf),
+    ConfigMap(routemap::source::ConfigMapRef),
+}
+
 /// Everything the proxy runs with, validated.
 #[derive(Debug)]
 pub struct Settings {
@@ -111,8 +118,9 @@ pub struct Settings {
     pub max_connections: Option<usize>,
     pub agent_admin_port: Option<u16>,
     pub agent_poll_interval: Duration,
-    /// `--overrides-file`: balancer-manager changes shared through this file.
-    pub overrides_file: Option<std::path::PathBuf>,
+    /// `--overrides-file` / `--overrides-configmap`: where balancer-manager changes are
+    /// shared; `None`: in this process only.
+    pub overrides: Option<OverridesAt>,
     pub log_format: LogFormat,
     /// `--access-log`, opened when the proxy starts.
     pub access_log: Option<AccessLogConfig>,
@@ -217,7 +225,27 @@ impl Settings {
             admin_token,
             agent_admin_port: options.manager.agent_admin_port,
             agent_poll_interval: options.manager.agent_poll_interval.get(),
-            overrides_file: options.manager.overrides_file.clone(),
+            overrides: match (
+                &options.manager.overrides_file,
+                &options.manager.overrides_configmap,
+            ) {
+                (Some(_), Some(_)) => {
+                    return Err(layered.invalid(
+                        "overrides_configmap",
+                        "give either --overrides-file or --overrides-configmap, not both"
+                            .to_owned(),
+                    ));
+                }
+                (Some(path), None) => Some(OverridesAt::File(path.clone())),
+                (None, Some(object)) => Some(OverridesAt::ConfigMap(
+                    routemap::source::ConfigMapRef::parse(
+                        object,
+                        crate::overrides::store::CONFIGMAP_KEY,
+                    )
+                    .map_err(|e| layered.invalid("overrides_configmap", e))?,
+                )),
+                (None, None) => None,
+            },
             log_format: options.log_format.log_format,
             access_log: options.access_log.config(&layered)?,
             log_level: options.log_level.filter(&layered)?,

@@ -290,8 +290,14 @@ pub struct ManagerOptions {
     /// path follows and applies within about a second (proxies on one host or on a shared
     /// volume); they survive restarts. A change that cannot be written is refused. Without
     /// it, changes live in this process only.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "overrides_configmap")]
     pub overrides_file: Option<PathBuf>,
+    /// Keep balancer-manager changes in the `overrides.json` key of this ConfigMap
+    /// (NAMESPACE/NAME, created beforehand), which every replica follows through the
+    /// Kubernetes API and applies within about a second; they survive restarts. A change
+    /// that cannot be written is refused.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub overrides_configmap: Option<String>,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]

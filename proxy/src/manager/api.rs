@@ -28,12 +28,13 @@ pub struct View {
 /// Where the overrides are kept and which version of them is applied here.
 #[derive(Serialize)]
 pub struct OverridesInfo {
-    /// `"process"` (this proxy only, gone on restart) or `"file"`.
+    /// `"process"` (this proxy only, gone on restart), `"file"` or `"configmap"`.
     pub store: &'static str,
     /// The version of the set applied here.
     pub version: u64,
-    /// The file store's path and last read error, with `--overrides-file`.
-    pub file: Option<crate::overrides::file_store::StoreStatus>,
+    /// Where the store is and its last read error, when there is one.
+    #[serde(flatten)]
+    pub status: Option<crate::overrides::store::StoreStatus>,
 }
 
 #[derive(Serialize)]

@@ -22,6 +22,7 @@ pub mod hosts;
 pub mod page;
 
 use crate::admin::ProxyAdmin;
+use crate::overrides::store::Store;
 use access::Denied;
 use api::{Change, ManagedMember, View};
 use bytes::Bytes;
@@ -69,13 +70,9 @@ impl ProxyAdmin {
             nonce: self.nonce.as_str().to_owned(),
             agents_polled: self.settings.agent_admin_port.is_some(),
             overrides: api::OverridesInfo {
-                store: if self.overrides_store.is_some() {
-                    "file"
-                } else {
-                    "process"
-                },
+                store: self.overrides_store.as_ref().map_or("process", Store::kind),
                 version: self.balancer.overrides().version,
-                file: self.overrides_store.as_ref().map(|s| s.status()),
+                status: self.overrides_store.as_ref().map(Store::status),
             },
         }
     }

@@ -39,10 +39,10 @@ pub fn render(view: &View, flash: Option<&str>) -> String {
         b.table_swaps
     );
     let o = &view.overrides;
-    let kept = match &o.file {
-        Some(file) => format!(
-            "in <code>{}</code>, shared by every proxy given that file",
-            esc(&file.path)
+    let kept = match &o.status {
+        Some(store) => format!(
+            "in <code>{}</code>, shared by every proxy given it",
+            esc(&store.location)
         ),
         None => "in this proxy only (lost on restart; other replicas do not see them)".to_owned(),
     };
@@ -53,7 +53,7 @@ pub fn render(view: &View, flash: Option<&str>) -> String {
         o.version
     );
     if let Some((error, at)) = o
-        .file
+        .status
         .as_ref()
         .and_then(|f| f.last_error.as_deref().zip(f.last_error_at_ms))
     {

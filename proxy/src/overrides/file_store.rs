@@ -9,14 +9,14 @@
 //! A file that cannot be read or is invalid is reported (with its path, and line and column
 //! for JSON errors) and the last good set stays applied; a missing file is the empty set.
 
+use super::store::{Followed, StoreError, StoreStatus, parse_set, render_set};
 use crate::balancer::Balancer;
 use crate::overrides::{Edit, OverrideSet};
 use routemap::source::{FileWatchOptions, PathWatch, read_regular_file};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The largest overrides file read: far more than any fleet's overrides need.
@@ -25,47 +25,12 @@ const MAX_FILE: u64 = 4 * 1024 * 1024;
 /// How long a change waits for another process's change to finish.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot open the lock file {path}: {source}")]
-    Lock {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} stayed locked by another change for {LOCK_WAIT:?}")]
-    Busy { path: PathBuf },
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
 /// The store, and what its follower last saw of it (for the balancer-manager).
 #[derive(Debug)]
 pub struct FileStore {
     path: PathBuf,
     lock_path: PathBuf,
-    applied_version: AtomicU64,
-    /// The last read's error and its wall-clock time; `None` once a read succeeds.
-    last_error: Mutex<Option<(String, u64)>>,
-}
-
-/// What the balancer-manager shows of the store.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct StoreStatus {
-    pub path: String,
-    /// The version of the set this proxy applies.
-    pub applied_version: u64,
-    pub last_error: Option<String>,
-    pub last_error_at_ms: Option<u64>,
+    followed: Followed,
 }
 
 impl FileStore {
@@ -75,8 +40,7 @@ impl FileStore {
         Self {
             path,
             lock_path: PathBuf::from(lock),
-            applied_version: AtomicU64::new(0),
-            last_error: Mutex::new(None),
+            followed: Followed::default(),
         }
     }
 
@@ -85,17 +49,7 @@ impl FileStore {
     }
 
     pub fn status(&self) -> StoreStatus {
-        let error = self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        StoreStatus {
-            path: self.path.display().to_string(),
-            applied_version: self.applied_version.load(Relaxed),
-            last_error_at_ms: error.as_ref().map(|e| e.1),
-            last_error: error.map(|e| e.0),
-        }
+        self.followed.status(self.path.display().to_string())
     }
 
     /// Reads the set as it is now (the empty set when there is no file yet).
@@ -124,16 +78,15 @@ impl FileStore {
         let written = tokio::task::spawn_blocking(move || store.update(&edit))
             .await
             .map_err(|e| StoreError::Write {
-                path: self.path.clone(),
-                source: std::io::Error::other(e.to_string()),
+                place: self.place(),
+                message: e.to_string(),
             })??;
-        self.applied(&written, balancer);
+        self.followed.applied(&written, balancer, &self.place());
         Ok(())
     }
 
-    fn applied(&self, set: &OverrideSet, balancer: &Balancer) {
-        self.applied_version.store(set.version, Relaxed);
-        balancer.set_overrides(set.clone());
+    fn place(&self) -> String {
+        self.path.display().to_string()
     }
 
     /// Takes the lock, waiting at most [`LOCK_WAIT`] for a change in another process.
@@ -144,7 +97,7 @@ impl FileStore {
             .write(true)
             .open(&self.lock_path)
             .map_err(|source| StoreError::Lock {
-                path: self.lock_path.clone(),
+                place: self.lock_path.display().to_string(),
                 source,
             })?;
         let deadline = Instant::now() + LOCK_WAIT;
@@ -156,12 +109,13 @@ impl FileStore {
                 }
                 Err(TryLockError::WouldBlock) => {
                     return Err(StoreError::Busy {
-                        path: self.lock_path.clone(),
+                        place: self.lock_path.display().to_string(),
+                        waited_ms: LOCK_WAIT.as_millis() as u64,
                     });
                 }
                 Err(TryLockError::Error(source)) => {
                     return Err(StoreError::Lock {
-                        path: self.lock_path.clone(),
+                        place: self.lock_path.display().to_string(),
                         source,
                     });
                 }
@@ -180,79 +134,42 @@ impl FileStore {
                 .read_whole(move || read_set(&path).map_err(|e| e.to_string()))
                 .await;
             match read {
-                Ok(set) => {
-                    if self
-                        .last_error
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .take()
-                        .is_some()
-                    {
-                        tracing::info!(path = %self.path.display(), version = set.version, "overrides file readable again");
-                    }
-                    if balancer.overrides().as_ref() != &set {
-                        tracing::info!(path = %self.path.display(), version = set.version, overrides = set.overrides.len(), "overrides applied from the file");
-                    }
-                    self.applied(&set, &balancer);
-                }
-                Err(message) => {
-                    let mut last = self
-                        .last_error
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner);
-                    if last.as_ref().map(|e| &e.0) != Some(&message) {
-                        tracing::error!(
-                            "overrides file not applied, the last good set stays: {message}"
-                        );
-                    }
-                    *last = Some((message, crate::member::wall_ms()));
-                }
+                Ok(set) => self.followed.applied(&set, &balancer, &self.place()),
+                Err(message) => self.followed.failed(message),
             }
         }
     }
 }
 
 fn read_set(path: &Path) -> Result<OverrideSet, StoreError> {
-    let bytes = match read_regular_file(path, MAX_FILE) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(OverrideSet::default()),
-        Err(source) => {
-            return Err(StoreError::Read {
-                path: path.to_owned(),
-                source,
-            });
-        }
-    };
-    let invalid = |message: String| StoreError::Invalid {
-        path: path.to_owned(),
-        message,
-    };
-    if bytes.len() as u64 > MAX_FILE {
-        return Err(invalid(format!("larger than {MAX_FILE} bytes")));
+    let place = path.display().to_string();
+    match read_regular_file(path, MAX_FILE) {
+        Ok(bytes) if bytes.len() as u64 > MAX_FILE => Err(StoreError::Invalid {
+            place,
+            message: format!("larger than {MAX_FILE} bytes"),
+        }),
+        Ok(bytes) => parse_set(&bytes, &place),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(OverrideSet::default()),
+        Err(e) => Err(StoreError::Read {
+            place,
+            message: e.to_string(),
+        }),
     }
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(OverrideSet::default());
-    }
-    let set: OverrideSet = serde_json::from_slice(&bytes)
-        .map_err(|e| invalid(format!("line {} column {}: {e}", e.line(), e.column())))?;
-    set.check().map_err(invalid)?;
-    Ok(set)
 }
 
 /// Writes `set` to a temporary file in the same directory, flushes it to disk and renames
 /// it over `path`.
 fn write_atomically(path: &Path, set: &OverrideSet) -> Result<(), StoreError> {
-    let failed = |source| StoreError::Write {
-        path: path.to_owned(),
-        source,
+    let failed = |source: std::io::Error| StoreError::Write {
+        place: path.display().to_string(),
+        message: source.to_string(),
     };
-    let mut text = serde_json::to_vec_pretty(set).map_err(|e| failed(std::io::Error::other(e)))?;
-    text.push(b'\n');
+    let text = render_set(set);
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(format!(".{}.tmp", std::process::id()));
     let temporary = PathBuf::from(temporary);
     let written = File::create(&temporary).and_then(|mut file| {
-        file.write_all(&text)?;
+        file.write_all(text.as_bytes())?;
         file.sync_all()
     });
     if let Err(source) = written.and_then(|()| std::fs::rename(&temporary, path)) {

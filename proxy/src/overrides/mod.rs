@@ -4,14 +4,18 @@
 //! A balancer-manager change edits the [`OverrideSet`] and the whole set is applied to the
 //! member table ([`apply`]), after every change and after every table swap. Without a store
 //! the set lives in this process (as Apache's balancer-manager does without
-//! `BalancerPersist`) and an entry goes with its member. With `--overrides-file` it lives in
-//! a file every proxy sharing it follows ([`file_store`]): a change is written there first,
-//! under a lock, and fails visibly when it cannot be, so replicas never diverge.
+//! `BalancerPersist`) and an entry goes with its member. With a [`store::Store`] it lives
+//! where every replica follows it — a file (`--overrides-file`, [`file_store`]) or a
+//! ConfigMap (`--overrides-configmap`, `configmap_store`): a change is written there first
+//! and fails visibly when it cannot be, so replicas never diverge.
 //!
 //! An entry names its member by route *and* key, as the table carries a member's state: a
 //! route moved to another address does not inherit the old member's override.
 
+#[cfg(feature = "kubernetes")]
+pub mod configmap_store;
 pub mod file_store;
+pub mod store;
 
 use crate::member::Member;
 use crate::table::MemberTable;
