@@ -261,7 +261,14 @@ class HelmChart(Manifests):
                         "resources": ["configmaps"],
                         "resourceNames": [map_name],
                         "verbs": ["get", "list", "watch"],
-                    }
+                    },
+                    # The shared balancer-manager changes, in their own ConfigMap.
+                    {
+                        "apiGroups": [""],
+                        "resources": ["configmaps"],
+                        "resourceNames": ["shop-stickyroute-overrides"],
+                        "verbs": ["get", "list", "watch", "update", "patch"],
+                    },
                 ]
                 + slices,
                 mode,
@@ -372,6 +379,29 @@ class HelmChart(Manifests):
         )
         self.assertEqual(arg(proxy, "--failover-after"), "2m")
 
+    def test_replicas_share_balancer_manager_changes_through_a_configmap_helm_leaves_alone(self):
+        objects, _ = render({})
+        overrides = one(objects, "ConfigMap", "shop-stickyroute-overrides")
+        # No data: helm upgrade never puts back what it rendered over the proxies' writes.
+        self.assertNotIn("data", overrides)
+        self.assertEqual(overrides["metadata"]["annotations"]["helm.sh/resource-policy"], "keep")
+        proxy = container(one(objects, "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy")
+        self.assertEqual(arg(proxy, "--overrides-configmap"), "shop/shop-stickyroute-overrides")
+        for values in ({"proxy": {"sharedOverrides": False}}, MODES["file-native"]):
+            with self.subTest(values=values):
+                objects, _ = render(values)
+                self.assertEqual(
+                    [o for o in of_kind(objects, "ConfigMap") if o["metadata"]["name"].endswith("-overrides")],
+                    [],
+                )
+                proxy = container(one(objects, "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy")
+                self.assertIsNone(arg(proxy, "--overrides-configmap"))
+                for role in of_kind(objects, "Role"):
+                    self.assertNotIn(
+                        "shop-stickyroute-overrides",
+                        [n for r in role["rules"] for n in r.get("resourceNames", [])],
+                    )
+
     def test_the_proxy_runs_two_replicas_with_a_disruption_budget_and_labels(self):
         objects, _ = render({})
         deployment = one(objects, "Deployment")
@@ -409,7 +439,10 @@ class HelmChart(Manifests):
 
     def test_a_map_kept_outside_the_release_is_not_rendered(self):
         objects, notes = render(MODES["existing-configmap"])
-        self.assertEqual(of_kind(objects, "ConfigMap"), [])
+        # Only the (empty) one the proxies share their balancer-manager changes through.
+        self.assertEqual(
+            [o["metadata"]["name"] for o in of_kind(objects, "ConfigMap")], ["shop-stickyroute-overrides"]
+        )
         self.assertEqual(of_kind(objects, "StatefulSet"), [])
         proxy = container(one(objects, "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy")
         self.assertEqual(arg(proxy, "--routemap-key"), "routes.txt")
@@ -459,6 +492,9 @@ class HelmChart(Manifests):
             {"agent": {"drainTimeoutSeconds": 0}},
             # File mode has no API access to watch EndpointSlices with.
             {"routeMap": {"source": "file"}, "proxy": {"memberService": "web"}},
+            # File mode has no API access to share balancer-manager changes through.
+            {"routeMap": {"source": "file"}, "proxy": {"sharedOverrides": True}},
+            {"proxy": {"sharedOverrides": "yes"}},
         ):
             with self.subTest(values=bad):
                 with self.assertRaises(helm.HelmError):
@@ -627,7 +663,7 @@ class Kustomize(Manifests):
 
     def test_the_route_map_configmap_has_no_hash_suffix_and_is_the_one_the_role_names(self):
         objects = kustomize(OVERLAY)
-        configmap = one(objects, "ConfigMap")
+        configmap = one(objects, "ConfigMap", "routemap")
         self.assertEqual(configmap["metadata"]["name"], "routemap")
         self.assertEqual(configmap["metadata"]["namespace"], "stickyroute-example")
         self.assertEqual(
@@ -667,6 +703,13 @@ class Kustomize(Manifests):
         proxy = container(one(objects, "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy")
         self.assertEqual(proxy["image"], "registry.example.com/stickyroute:0.1.0")
         self.assertEqual(arg(proxy, "--member-service"), "$(POD_NAMESPACE)/web")
+        self.assertEqual(arg(proxy, "--overrides-configmap"), "$(POD_NAMESPACE)/stickyroute-overrides")
+        self.assertNotIn("data", one(objects, "ConfigMap", "stickyroute-overrides"))
+        self.assertIn(
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["stickyroute-overrides"],
+             "verbs": ["get", "list", "watch", "update", "patch"]},
+            one(objects, "Role")["rules"],
+        )
         rules = one(objects, "Role")["rules"]
         self.assertIn(
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},

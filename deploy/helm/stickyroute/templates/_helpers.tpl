@@ -164,6 +164,21 @@ automountServiceAccountToken: false
 {{- $service }}
 {{- end }}
 
+{{/* The ConfigMap balancer-manager changes are shared through (proxy.sharedOverrides: on
+     by default in api mode); empty: each replica keeps its own. Refused in file mode. */}}
+{{- define "stickyroute.overridesName" -}}
+{{- $shared := .Values.proxy.sharedOverrides }}
+{{- if eq $shared nil }}
+{{- $shared = (include "stickyroute.apiMode" .) }}
+{{- end }}
+{{- if and $shared (not (include "stickyroute.apiMode" .)) }}
+{{- fail "proxy.sharedOverrides needs routeMap.source: api (the proxies share their changes through a ConfigMap they read and write through the API)" }}
+{{- end }}
+{{- if $shared }}
+{{- printf "%s-overrides" (include "stickyroute.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
 {{/* The app container's preStop hook: it waits for the agent's drain (new sessions go
      elsewhere, this pod's sessions are served until they go quiet), so the app outlives
      it. Put it in your own app container too. */}}
