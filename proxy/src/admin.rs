@@ -94,9 +94,49 @@ pub struct MemberInfo {
     pub errors: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Requests in flight.
     pub busy: i64,
     pub sticky_hits: u64,
     pub lbstatus: i64,
+    /// Requests in the last whole second.
+    pub rate_per_s: u64,
+    /// The member's responses by status class, since start.
+    pub responses: ResponseClasses,
+    /// Time to the member's response head, since start (from the latency histogram, so
+    /// as precise as its buckets).
+    pub head_p50_ms: Option<f64>,
+    pub head_p99_ms: Option<f64>,
+    /// The last failed exchange's kind (connect, timeout, reset, protocol, failonstatus)
+    /// and wall-clock time.
+    pub last_error: Option<&'static str>,
+    pub last_error_at_ms: Option<u64>,
+}
+
+/// Responses by status class.
+#[derive(Serialize, Default, Clone, Copy)]
+pub struct ResponseClasses {
+    #[serde(rename = "1xx")]
+    pub informational: u64,
+    #[serde(rename = "2xx")]
+    pub success: u64,
+    #[serde(rename = "3xx")]
+    pub redirection: u64,
+    #[serde(rename = "4xx")]
+    pub client_error: u64,
+    #[serde(rename = "5xx")]
+    pub server_error: u64,
+}
+
+impl ResponseClasses {
+    pub fn as_array(&self) -> [u64; 5] {
+        [
+            self.informational,
+            self.success,
+            self.redirection,
+            self.client_error,
+            self.server_error,
+        ]
+    }
 }
 
 impl MemberInfo {
@@ -116,7 +156,7 @@ impl MemberInfo {
                 .state
                 .unusable_for(now)
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            health_since_ms: m.state.health_since_ms(),
+            health_since_ms: m.state.health_since_at(now),
             requests: m.state.requests.load(Relaxed),
             errors: m.state.errors.load(Relaxed),
             bytes_in: m.state.bytes_in.load(Relaxed),
@@ -124,8 +164,28 @@ impl MemberInfo {
             busy: m.state.busy.load(Relaxed),
             sticky_hits: m.state.sticky_hits.load(Relaxed),
             lbstatus: m.state.lbstatus.load(Relaxed),
+            rate_per_s: m.state.rate(),
+            responses: {
+                let class = |i: usize| m.state.statuses[i].load(Relaxed);
+                ResponseClasses {
+                    informational: class(0),
+                    success: class(1),
+                    redirection: class(2),
+                    client_error: class(3),
+                    server_error: class(4),
+                }
+            },
+            head_p50_ms: m.state.head_time.quantile(0.5).map(millis),
+            head_p99_ms: m.state.head_time.quantile(0.99).map(millis),
+            last_error: m.state.last_failure().map(|(kind, _)| kind.as_str()),
+            last_error_at_ms: m.state.last_failure().map(|(_, at)| at),
         }
     }
+}
+
+/// Milliseconds, to a microsecond.
+fn millis(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
 impl ProxyAdmin {

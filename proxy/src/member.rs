@@ -47,6 +47,14 @@ pub struct MemberState {
     /// out by checks, or found unusable by a session's request); 0 while usable. What
     /// `--failover-after` counts from.
     unusable_since: AtomicU64,
+    /// The last failure's kind (its index in [`UpstreamFailure::ALL`] + 1; 0: none yet) and
+    /// wall-clock time, for the balancer-manager.
+    last_failure: AtomicU8,
+    last_failure_at: AtomicU64,
+    /// Requests in the last whole second, and the count it was measured from (see
+    /// [`MemberState::sample_rate`]).
+    rate: AtomicU64,
+    rate_mark: AtomicU64,
     /// Operator overrides (balancer-manager); 0 means "as in the map".
     status_override: AtomicU8,
     loadfactor_override: AtomicU8,
@@ -96,6 +104,10 @@ impl Default for MemberState {
             active_streak: AtomicU32::new(0),
             agent_drain_until: AtomicU64::new(0),
             unusable_since: AtomicU64::new(0),
+            last_failure: AtomicU8::new(0),
+            last_failure_at: AtomicU64::new(0),
+            rate: AtomicU64::new(0),
+            rate_mark: AtomicU64::new(0),
             status_override: AtomicU8::new(0),
             loadfactor_override: AtomicU8::new(0),
             override_origin: arc_swap::ArcSwapOption::empty(),
@@ -115,6 +127,50 @@ impl MemberState {
     pub fn failed(&self, failure: UpstreamFailure) {
         self.errors.fetch_add(1, Relaxed);
         self.failures[failure as usize].fetch_add(1, Relaxed);
+        self.last_failure.store(failure as u8 + 1, Relaxed);
+        self.last_failure_at.store(wall_ms(), Relaxed);
+    }
+
+    /// The last failure and its wall-clock time.
+    pub fn last_failure(&self) -> Option<(UpstreamFailure, u64)> {
+        let kind = usize::from(self.last_failure.load(Relaxed)).checked_sub(1)?;
+        Some((
+            *UpstreamFailure::ALL.get(kind)?,
+            self.last_failure_at.load(Relaxed),
+        ))
+    }
+
+    /// Called once a second: the requests since the last call become the rate.
+    pub fn sample_rate(&self) {
+        let now = self.requests.load(Relaxed);
+        let before = self.rate_mark.swap(now, Relaxed);
+        self.rate.store(now.saturating_sub(before), Relaxed);
+    }
+
+    /// Requests in the last whole second.
+    pub fn rate(&self) -> u64 {
+        self.rate.load(Relaxed)
+    }
+
+    /// Apache's "force recovery": out of passive error and taken as up by active checks
+    /// at once (the next failed exchange or `fall` failed checks put it back).
+    pub fn clear_error(&self) {
+        self.error_until.store(0, Relaxed);
+        self.active_up.store(true, Relaxed);
+        self.active_streak.store(0, Relaxed);
+        self.unusable_since.store(0, Relaxed);
+        self.health_since.store(wall_ms(), Relaxed);
+    }
+
+    /// Since when the member has been in its current health state (wall-clock ms): a
+    /// passive error whose retry time has passed ended then, even before an answer
+    /// confirms it.
+    pub fn health_since_at(&self, now: u64) -> u64 {
+        let until = self.error_until.load(Relaxed);
+        if until != 0 && until <= now && self.active_up.load(Relaxed) {
+            return wall_ms().saturating_sub(now - until);
+        }
+        self.health_since.load(Relaxed)
     }
 
     /// Passive health: puts the member in error for `retry` (connect failure, timeout,

@@ -94,6 +94,7 @@ pub async fn run(
             names: names(&settings).await?,
         },
     ));
+    tokio::spawn(crate::manager::rates::sample(balancer.clone()));
     // Health checks and agent polling get a pool of their own, on this runtime.
     let probes = Upstreams::new(settings.upstream, lifecycle.tunnels());
     if let Some(check) = settings.health.clone() {

@@ -43,6 +43,62 @@ impl Histogram {
     pub fn count(&self) -> u64 {
         self.buckets.iter().map(|b| b.load(Relaxed)).sum()
     }
+
+    /// The `q` quantile (0 to 1) of every observation so far, estimated as Prometheus'
+    /// `histogram_quantile` does: linearly within the bucket it falls in (so it is as
+    /// precise as the buckets, about ×2.5). Above the last bound, that bound. `None`
+    /// before the first observation.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut below = 0u64;
+        for (i, count) in counts.iter().enumerate() {
+            let through = below + count;
+            if *count > 0 && through as f64 >= rank {
+                let Some(upper) = LATENCY_BUCKETS.get(i) else {
+                    return Some(Duration::from_secs_f64(
+                        LATENCY_BUCKETS[LATENCY_BUCKETS.len() - 1],
+                    ));
+                };
+                let lower = if i == 0 { 0.0 } else { LATENCY_BUCKETS[i - 1] };
+                let within = (rank - below as f64) / *count as f64;
+                return Some(Duration::from_secs_f64(lower + (upper - lower) * within));
+            }
+            below = through;
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod quantile_tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_fall_in_the_bucket_of_their_rank() {
+        let h = Histogram::default();
+        assert_eq!(h.quantile(0.5), None);
+        for _ in 0..98 {
+            h.observe(Duration::from_micros(700)); // (0.5 ms, 1 ms]
+        }
+        h.observe(Duration::from_millis(200)); // (100 ms, 250 ms]
+        h.observe(Duration::from_secs(100)); // above 60 s
+        let p50 = h.quantile(0.5).unwrap();
+        assert!(
+            p50 > Duration::from_micros(500) && p50 <= Duration::from_millis(1),
+            "{p50:?}"
+        );
+        let p99 = h.quantile(0.99).unwrap();
+        assert!(
+            p99 > Duration::from_millis(100) && p99 <= Duration::from_millis(250),
+            "{p99:?}"
+        );
+        assert_eq!(h.quantile(1.0), Some(Duration::from_secs(60)));
+    }
 }
 
 /// A scrape response being written.

@@ -208,6 +208,36 @@ impl Browser {
             .to_owned()
     }
 
+    /// Resizes the browser window (CSS pixels).
+    pub async fn set_window(&self, width: u32, height: u32) {
+        self.command(
+            Method::POST,
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        )
+        .await;
+    }
+
+    /// The element's box on the page: `(x, y, width, height)` in CSS pixels.
+    pub async fn rect(&self, css: &str) -> (f64, f64, f64, f64) {
+        let id = self.find(css).await;
+        let r = self
+            .command(Method::GET, &format!("/element/{id}/rect"), None)
+            .await;
+        let n = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        (n("x"), n("y"), n("width"), n("height"))
+    }
+
+    /// Runs `script` in the page and returns what it returns.
+    pub async fn execute(&self, script: &str) -> Value {
+        self.command(
+            Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
     /// Saves a PNG screenshot of the page.
     pub async fn screenshot(&self, path: &Path) {
         use base64::Engine;

@@ -446,6 +446,36 @@ async fn the_page_in_a_real_browser_drains_a_member() {
             && origin.ends_with("not in the route map: commit it to the map, or reset"),
         "{status}"
     );
+    // At 1280 px the actions are on screen, whole.
+    browser.set_window(1280, 900).await;
+    let (x, _, width, _) = browser.rect("#member-www2 td.forms").await;
+    assert!(
+        x >= 0.0 && x + width <= 1280.0,
+        "the change column ends at {} px",
+        x + width
+    );
+    // The auto-refresh box (JavaScript): ticked, the table follows a change made elsewhere.
+    browser.click("#auto").await;
+    let nonce = view(c.proxy.admin).await["nonce"].clone();
+    let changed = change(
+        c.proxy.admin,
+        "www3",
+        json!({"nonce": nonce, "status": "standby"}),
+    )
+    .await;
+    assert_eq!(changed.status, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(12);
+    while !browser
+        .text("#member-www3 .status")
+        .await
+        .starts_with("standby")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the page never refreshed itself"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("balancer-manager.png");
     browser.screenshot(&screenshot).await;
     assert!(
@@ -457,7 +487,8 @@ async fn the_page_in_a_real_browser_drains_a_member() {
         member(&view(c.proxy.admin).await, "www2")["status"],
         "drain"
     );
-    assert_eq!(c.distribution(20).await.get("www2"), None);
+    let spread = c.distribution(20).await;
+    assert_eq!(spread.get("www2"), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -630,4 +661,95 @@ fn the_browser_leaves_no_process_behind_even_when_a_test_fails() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// What HAProxy's stats page shows, here: per member rate, status classes, latency, in
+/// flight, the last error with its kind and time, health since its last change, a totals
+/// row, CSV; and "clear error" (Apache's force recovery).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_show_traffic_errors_and_recover_with_clear_error() {
+    let mut c = Cluster::classic(&[]).await;
+    for _ in 0..30 {
+        let (status, app) = c.answer(Some("balanceid=route.www1")).await;
+        assert_eq!((status, app.as_deref()), (200, Some("www1")));
+    }
+    let shown = view(c.proxy.admin).await;
+    let www1 = member(&shown, "www1");
+    assert_eq!(www1["responses"]["2xx"], 30, "{www1}");
+    assert_eq!(www1["responses"]["5xx"], 0);
+    assert!(www1["head_p50_ms"].as_f64().unwrap() > 0.0);
+    assert!(www1["head_p99_ms"].as_f64().unwrap() >= www1["head_p50_ms"].as_f64().unwrap());
+    assert_eq!(www1["busy"], 0);
+    // The rate is the last whole second's requests.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        for _ in 0..20 {
+            c.answer(Some("balanceid=route.www1")).await;
+        }
+        if member(&view(c.proxy.admin).await, "www1")["rate_per_s"]
+            .as_u64()
+            .unwrap()
+            > 0
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no rate shown");
+    }
+
+    // www3's app goes away: its error, with kind and time, and health since then.
+    c.apps.remove("www3").unwrap().stop().await;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let (status, _) = c.answer(Some("balanceid=route.www3")).await;
+    assert_eq!(status, 200, "failed over to another member");
+    let now = view(c.proxy.admin).await;
+    let www3 = member(&now, "www3");
+    assert_eq!(www3["healthy"], false);
+    assert_eq!(www3["last_error"], "connect");
+    assert!(www3["last_error_at_ms"].as_u64().unwrap() + 1000 >= before);
+    assert!(
+        www3["health_since_ms"].as_u64().unwrap() + 1000 >= before,
+        "health since is the failure, not the start: {www3}"
+    );
+    let page = get(c.proxy.admin, "/balancer-manager").send().await.text();
+    assert!(page.contains("in error (connect)"), "{page}");
+    assert!(
+        page.contains("id=\"clear-www3\""),
+        "a clear-error button on the member in error"
+    );
+    assert!(page.contains("id=\"totals\""));
+
+    let csv = get(c.proxy.admin, "/balancer-manager/api/members.csv")
+        .send()
+        .await;
+    assert_eq!(
+        csv.header("content-type").as_deref(),
+        Some("text/csv; charset=utf-8")
+    );
+    let text = csv.text();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 4);
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let www3_row = rows.iter().find(|r| r[0] == "www3").unwrap();
+    assert_eq!(www3_row[col("healthy")], "false");
+    assert_eq!(www3_row[col("last_error")], "connect");
+    let www1_row = rows.iter().find(|r| r[0] == "www1").unwrap();
+    assert!(www1_row[col("responses_2xx")].parse::<u64>().unwrap() >= 50);
+
+    // Clear error: healthy again at once, logged.
+    let cleared = change(
+        c.proxy.admin,
+        "www3",
+        json!({"nonce": shown["nonce"], "clear_error": true}),
+    )
+    .await;
+    assert_eq!(cleared.status, 200, "{}", cleared.text());
+    let now = view(c.proxy.admin).await;
+    let www3 = member(&now, "www3");
+    assert_eq!(www3["healthy"], true);
+    assert_eq!(www3["status_override"], Value::Null, "not an override");
 }

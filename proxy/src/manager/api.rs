@@ -80,6 +80,9 @@ pub struct Change {
     pub status: Option<String>,
     pub loadfactor: Option<String>,
     pub reset: bool,
+    /// Take the member out of error now (Apache's "force recovery"); this proxy's health
+    /// state only, not an override.
+    pub clear_error: bool,
 }
 
 impl Change {
@@ -103,9 +106,10 @@ impl Change {
                 "status" => change.status = text,
                 "loadfactor" => change.loadfactor = text,
                 "reset" => change.reset = text.as_deref() == Some("true"),
+                "clear_error" => change.clear_error = text.as_deref() == Some("true"),
                 other => {
                     return Err(format!(
-                        "unknown field {other:?} (known: nonce, status, loadfactor, reset)"
+                        "unknown field {other:?} (known: nonce, status, loadfactor, reset, clear_error)"
                     ));
                 }
             }
@@ -123,13 +127,19 @@ impl Change {
             status: field("status"),
             loadfactor: field("loadfactor"),
             reset: field("reset").is_some(),
+            clear_error: field("clear_error").is_some(),
         })
     }
 }
 
 /// The edit `change` asks of the member with `route`, validated whole, so that bad input
-/// changes nothing.
-pub fn plan(table: &MemberTable, route: &str, change: &Change, who: &Who) -> Result<Edit, String> {
+/// changes nothing; `None` when it asks only to clear the member's error.
+pub fn plan(
+    table: &MemberTable,
+    route: &str,
+    change: &Change,
+    who: &Who,
+) -> Result<Option<Edit>, String> {
     let member = table
         .by_route(route)
         .ok_or_else(|| format!("no member has route {route:?}"))?;
@@ -154,9 +164,12 @@ pub fn plan(table: &MemberTable, route: &str, change: &Change, who: &Who) -> Res
         })
         .transpose()?;
     if !change.reset && status.is_none() && loadfactor.is_none() {
-        return Err("nothing to change: give status, loadfactor or reset".to_owned());
+        if change.clear_error {
+            return Ok(None);
+        }
+        return Err("nothing to change: give status, loadfactor, reset or clear_error".to_owned());
     }
-    Ok(Edit {
+    Ok(Some(Edit {
         route: member.route.as_str().to_owned(),
         key: member.key.to_string(),
         status,
@@ -164,7 +177,18 @@ pub fn plan(table: &MemberTable, route: &str, change: &Change, who: &Who) -> Res
         reset: change.reset,
         by: who.to_string(),
         at_ms: crate::member::wall_ms(),
-    })
+    }))
+}
+
+/// Clears the member's error (see [`Change::clear_error`]), with its audit line.
+pub fn clear_error(who: &Who, member: &Member) {
+    let before = if member.is_healthy(now_ms()) {
+        "ok"
+    } else {
+        "in error"
+    };
+    member.state.clear_error();
+    audit(who, member, "clear error", before, "ok");
 }
 
 /// What a member is set to before an edit, for its audit lines.

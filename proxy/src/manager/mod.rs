@@ -1,9 +1,12 @@
 //! `/balancer-manager`: see and steer the live balancer, like Apache's page of that name.
 //!
-//! - `GET /balancer-manager`: the HTML page (no JavaScript needed).
-//! - `GET /balancer-manager/api/`: the same as JSON, with the nonce.
+//! - `GET /balancer-manager`: the HTML page (no JavaScript needed; its one script,
+//!   `/balancer-manager/refresh.js`, adds an auto-refresh box).
+//! - `GET /balancer-manager/api/`: the same as JSON, with the nonce;
+//!   `/balancer-manager/api/members.csv`: the members as CSV.
 //! - `POST /balancer-manager/api/members/ROUTE` (JSON) or `/balancer-manager/members/ROUTE`
-//!   (the page's forms): change status or loadfactor, or reset to the map.
+//!   (the page's forms): change status or loadfactor, reset to the map, or clear the
+//!   member's error.
 //!
 //! Changes are overrides on top of the route map: kept across map reloads while the
 //! member's key and route are unchanged, removable by "reset". Without a store they live
@@ -20,6 +23,7 @@ pub mod agents;
 pub mod api;
 pub mod hosts;
 pub mod page;
+pub mod rates;
 
 use crate::admin::ProxyAdmin;
 use crate::overrides::store::Store;
@@ -85,7 +89,7 @@ impl ProxyAdmin {
         headers.insert(
             CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(
-                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+                "default-src 'none'; style-src 'unsafe-inline'; script-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'",
             ),
         );
         headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
@@ -148,6 +152,16 @@ impl ProxyAdmin {
             (Method::GET | Method::HEAD, "/balancer-manager/api") => {
                 body::json(StatusCode::OK, &self.view())
             }
+            (Method::GET | Method::HEAD, "/balancer-manager/api/members.csv") => body::with_type(
+                StatusCode::OK,
+                "text/csv; charset=utf-8",
+                Bytes::from(page::csv(&self.view())),
+            ),
+            (Method::GET | Method::HEAD, "/balancer-manager/refresh.js") => body::with_type(
+                StatusCode::OK,
+                "text/javascript; charset=utf-8",
+                Bytes::from_static(page::REFRESH_JS.as_bytes()),
+            ),
             (Method::POST, p) => {
                 let (route, form) =
                     if let Some(route) = p.strip_prefix("/balancer-manager/api/members/") {
@@ -241,9 +255,13 @@ impl ProxyAdmin {
                 format!("no member has route {route:?}"),
             );
         };
+        if change.clear_error {
+            api::clear_error(who, member);
+        }
         let before = api::Before::of(member);
-        match &self.overrides_store {
-            Some(store) => {
+        match (&edit, &self.overrides_store) {
+            (None, _) => {}
+            (Some(edit), Some(store)) => {
                 if let Err(e) = store.change(edit.clone(), &self.balancer).await {
                     tracing::error!(%who, member = route, "balancer-manager change not made: {e}");
                     return error(
@@ -254,9 +272,11 @@ impl ProxyAdmin {
                     );
                 }
             }
-            None => self.balancer.edit_overrides(&edit),
+            (Some(edit), None) => self.balancer.edit_overrides(edit),
         }
-        api::audit_edit(who, member, &edit, &before);
+        if let Some(edit) = &edit {
+            api::audit_edit(who, member, edit, &before);
+        }
         if form {
             let mut response = body::text(StatusCode::SEE_OTHER, "changed\n");
             let location = format!("/balancer-manager?done={route}");
