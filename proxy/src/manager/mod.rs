@@ -10,8 +10,9 @@
 //!
 //! Changes are overrides on top of the route map: kept across map reloads while the
 //! member's key and route are unchanged, removable by "reset". Without a store they live
-//! in this process and go with their member; with `--overrides-file` every proxy sharing
-//! the file applies them, and a change that cannot be stored is refused (see
+//! in this process and go with their member; with `--overrides-file` or
+//! `--overrides-configmap` every proxy sharing the store applies them, and a change that
+//! cannot be stored is refused (see
 //! [`crate::overrides`]).
 //!
 //! Every answer here names its host and cannot be framed; changes take only their own
