@@ -276,10 +276,6 @@ impl MemberState {
         None
     }
 
-    pub fn health_since_ms(&self) -> u64 {
-        self.health_since.load(Relaxed)
-    }
-
     pub fn status_override(&self) -> Option<Status> {
         match self.status_override.load(Relaxed) {
             0 => None,

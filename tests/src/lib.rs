@@ -24,6 +24,7 @@ pub mod cluster;
 pub mod in_process;
 pub mod kube_api;
 pub mod kubelet;
+pub mod manager;
 pub mod process;
 pub mod proxy;
 pub mod raw;

@@ -4,42 +4,13 @@
 
 use http::Method;
 use serde_json::{Value, json};
-use std::net::SocketAddr;
 use std::time::Duration;
 use stickyroute_tests::agent::Agent;
 use stickyroute_tests::app::TestApp;
-use stickyroute_tests::client::{Reply, call, get};
+use stickyroute_tests::client::{call, get};
 use stickyroute_tests::cluster::{Cluster, counts};
+use stickyroute_tests::manager::{API, change, member, view};
 use stickyroute_tests::webdriver::Browser;
-
-const API: &str = "/balancer-manager/api/";
-
-async fn view(admin: SocketAddr) -> Value {
-    let reply = get(admin, API).send().await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    reply.json()
-}
-
-fn member<'a>(view: &'a Value, route: &str) -> &'a Value {
-    view["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["route"] == route)
-        .unwrap_or_else(|| panic!("no {route} in {view}"))
-}
-
-async fn change(admin: SocketAddr, route: &str, body: Value) -> Reply {
-    call(
-        admin,
-        Method::POST,
-        &format!("/balancer-manager/api/members/{route}"),
-    )
-    .header("content-type", "application/json")
-    .body(body.to_string())
-    .send()
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_lists_changes_resets_and_rejects_bad_input() {

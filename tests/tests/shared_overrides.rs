@@ -11,44 +11,21 @@ use std::time::{Duration, Instant};
 use stickyroute_tests::client::{Reply, call, get};
 use stickyroute_tests::cluster::Cluster;
 use stickyroute_tests::kube_api::ApiServer;
+use stickyroute_tests::manager::{self, member, view};
 use stickyroute_tests::proxy::Proxy;
 
-const API: &str = "/balancer-manager/api/";
-
-async fn view(admin: SocketAddr) -> Value {
-    let reply = get(admin, API).send().await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    reply.json()
-}
-
-fn member(view: &Value, route: &str) -> Value {
-    view["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["route"] == route)
-        .cloned()
-        .unwrap_or_else(|| panic!("no {route} in {view}"))
-}
-
+/// POSTs a change to the member with `route`, with the proxy's nonce.
 async fn change(admin: SocketAddr, route: &str, mut body: Value) -> Reply {
     body["nonce"] = view(admin).await["nonce"].clone();
-    call(
-        admin,
-        Method::POST,
-        &format!("/balancer-manager/api/members/{route}"),
-    )
-    .header("content-type", "application/json")
-    .body(body.to_string())
-    .send()
-    .await
+    manager::change(admin, route, body).await
 }
 
 /// Waits until `route` shows `status` on `admin`, and says how long that took.
 async fn until_status(admin: SocketAddr, route: &str, status: &str) -> Duration {
     let start = Instant::now();
     loop {
-        let now = member(&view(admin).await, route);
+        let shown = view(admin).await;
+        let now = member(&shown, route);
         if now["status"] == status {
             return start.elapsed();
         }

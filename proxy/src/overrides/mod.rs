@@ -64,9 +64,12 @@ pub struct Edit {
 impl OverrideSet {
     /// The entry for `member`, if one names its route and key.
     pub fn of(&self, member: &Member) -> Option<&Override> {
-        self.overrides
+        let entry = self
+            .overrides
             .iter()
-            .find(|o| o.route == member.route.as_str() && o.key == member.key.to_string())
+            .find(|o| o.route == member.route.as_str())?;
+        // The key's text only for the one entry of this route (a swap asks for every member).
+        (entry.key == member.key.to_string()).then_some(entry)
     }
 
     /// The set with `edit` made, one version on.
