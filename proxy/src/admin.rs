@@ -3,6 +3,7 @@
 use crate::balancer::Balancer;
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use crate::overrides::store::Store;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use routemap::{Live, MapStatus};
@@ -37,17 +38,30 @@ pub struct ProxyAdmin {
     /// `--overrides-file` or `--overrides-configmap`: where balancer-manager changes are kept
     /// for every proxy.
     pub overrides_store: Option<crate::overrides::store::Store>,
+    /// The replicas sharing this balancer, as last read (see [`crate::replicas`]).
+    pub replicas: Arc<crate::replicas::Replicas>,
 }
 
 #[derive(Serialize)]
 struct Status {
     version: &'static str,
+    /// This process, as the other replicas tell it from themselves (random at each start).
+    instance: String,
     balancer: BalancerInfo,
     map: MapStatus,
     members: Vec<MemberInfo>,
+    /// Where overrides are kept and the version applied here.
+    overrides: StatusOverrides,
     draining: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<TlsStatus>,
+}
+
+#[derive(Serialize)]
+struct StatusOverrides {
+    /// `"process"`, `"file"` or `"configmap"`.
+    store: &'static str,
+    version: u64,
 }
 
 /// TLS as `/status` shows it: every configured pair, with the error of files that hold
@@ -215,9 +229,14 @@ impl ProxyAdmin {
             .unwrap_or_default();
         Status {
             version: env!("CARGO_PKG_VERSION"),
+            instance: self.replicas.instance().to_owned(),
             balancer: self.balancer_info(),
             map: self.live.status(),
             members,
+            overrides: StatusOverrides {
+                store: self.overrides_store.as_ref().map_or("process", Store::kind),
+                version: self.balancer.overrides().version,
+            },
             draining: self.lifecycle.is_draining(),
             tls: self.tls.as_ref().map(|tls| TlsStatus {
                 handshake_timeout_seconds: tls.handshake_timeout().as_secs_f64(),

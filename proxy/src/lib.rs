@@ -32,6 +32,7 @@ pub mod membership;
 pub mod metrics;
 pub mod overrides;
 pub mod redirect;
+pub mod replicas;
 pub mod server;
 pub mod sticky;
 pub mod table;

@@ -133,6 +133,13 @@ pub async fn run(
             "stickyroute-proxy started"
         );
     }
+    let replicas = start_replicas(
+        &settings,
+        overrides_store.as_ref(),
+        admin_listener.local_addr()?,
+        Upstreams::new(settings.upstream, lifecycle.tunnels()),
+    )
+    .await?;
     let traffic_stats = Arc::new(ServeStats::default());
     let admin_stats = Arc::new(ServeStats::default());
     let admin = ProxyAdmin {
@@ -147,6 +154,7 @@ pub async fn run(
         tls: tls.clone(),
         access_log: access_log.clone(),
         overrides_store,
+        replicas: replicas.list.clone(),
     };
     let grace = settings.shutdown.grace;
     let admin_task = tokio::spawn(serve(
@@ -192,6 +200,7 @@ pub async fn run(
     if let Some(follower) = follower {
         follower.abort();
     }
+    replicas.leave().await;
     if let Some(log) = access_log {
         // The writer thread's last batch is written on the caller's thread's time: off
         // the runtime, as it blocks.
@@ -302,6 +311,80 @@ async fn follow_overrides(
         }
     }
     Ok(())
+}
+
+/// The replicas' list and poller, and this proxy's entry in the file store's registry.
+struct StartedReplicas {
+    list: Arc<crate::replicas::Replicas>,
+    registered: Option<(Arc<FileStore>, std::net::SocketAddr)>,
+}
+
+impl StartedReplicas {
+    /// Removes this proxy's registry entry, so the others stop listing it.
+    async fn leave(self) {
+        if let Some((store, admin)) = self.registered {
+            let removed = tokio::task::spawn_blocking(move || {
+                crate::replicas::registry::remove(&store, admin)
+            })
+            .await;
+            if let Ok(Err(error)) = removed {
+                tracing::warn!("could not remove this proxy from the replica registry: {error}");
+            }
+        }
+    }
+}
+
+/// Where this balancer's replicas are listed (`--proxy-service`, else the overrides file's
+/// registry, where this proxy registers), and their poller.
+async fn start_replicas(
+    settings: &Settings,
+    store: Option<&Store>,
+    admin: std::net::SocketAddr,
+    upstreams: Upstreams,
+) -> anyhow::Result<StartedReplicas> {
+    use crate::replicas::{Replicas, poll, registry};
+    let file = match store {
+        Some(Store::File(file)) => Some(file.clone()),
+        _ => None,
+    };
+    let (peers, registered) = match (&settings.proxy_service, file) {
+        #[cfg(feature = "kubernetes")]
+        (Some(service), _) => {
+            let endpoints = crate::membership::endpoint_slices::start(service.clone()).await?;
+            let peers = poll::Peers::Service {
+                endpoints,
+                admin_port: admin.port(),
+            };
+            (Some((service.to_string(), peers)), None)
+        }
+        #[cfg(not(feature = "kubernetes"))]
+        (Some(_), _) => return Err(routemap::source::StartError::NoKubernetes.into()),
+        (None, Some(file)) => {
+            let reachable = registry::reachable(admin);
+            let registering = file.clone();
+            // A registry that cannot be written leaves this proxy off the others' lists,
+            // nothing more: changes, which fail the same way, say so where they are made.
+            let registered =
+                tokio::task::spawn_blocking(move || registry::register(&registering, reachable))
+                    .await?;
+            if let Err(error) = &registered {
+                tracing::warn!("this proxy is not listed among the replicas: {error}");
+            }
+            let source = format!("file:{}", registry::path_of(&file).display());
+            (
+                Some((source, poll::Peers::File(file.clone()))),
+                registered.is_ok().then_some((file, reachable)),
+            )
+        }
+        (None, None) => (None, None),
+    };
+    let list = Arc::new(Replicas::new(
+        peers.as_ref().map(|(source, _)| source.clone()),
+    ));
+    if let Some((_, peers)) = peers {
+        tokio::spawn(poll::poll(list.clone(), peers, upstreams));
+    }
+    Ok(StartedReplicas { list, registered })
 }
 
 /// How long the start waits for the overrides ConfigMap's first read.

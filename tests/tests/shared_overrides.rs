@@ -10,9 +10,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use stickyroute_tests::client::{Reply, call, get};
 use stickyroute_tests::cluster::Cluster;
-use stickyroute_tests::kube_api::ApiServer;
+use stickyroute_tests::kube_api::{ApiServer, SliceEndpoint};
 use stickyroute_tests::manager::{self, member, view};
-use stickyroute_tests::proxy::Proxy;
+use stickyroute_tests::proxy::{Proxy, ProxyBuilder};
 
 /// POSTs a change to the member with `route`, with the proxy's nonce.
 async fn change(admin: SocketAddr, route: &str, mut body: Value) -> Reply {
@@ -353,4 +353,219 @@ async fn replicas_share_overrides_through_a_configmap_and_retry_conflicts() {
         refused.text()
     );
     assert_eq!(member(&view(lost.admin).await, "www3")["status"], "enabled");
+}
+
+/// The replicas as `admin` lists them, once every one of `names` answers and applies
+/// overrides version `version`.
+async fn until_replicas_current(admin: SocketAddr, count: usize, version: u64) -> Value {
+    stickyroute_tests::eventually_async(
+        "every replica listed and current",
+        Duration::from_secs(8),
+        || async {
+            let replicas = view(admin).await["replicas"].clone();
+            let list = replicas["replicas"].as_array()?;
+            (list.len() == count
+                && list.iter().all(|r| {
+                    r["error"].is_null()
+                        && r["map_current"] == true
+                        && r["overrides_current"] == true
+                        && r["overrides_version"] == version
+                }))
+            .then_some(replicas)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_lists_the_proxies_sharing_the_file_and_whether_each_applied_the_latest() {
+    let shared = tempfile::tempdir().unwrap();
+    let store = shared.path().join("overrides.json");
+    let store_flag = store.display().to_string();
+    let c = Cluster::classic_process(&["--overrides-file", &store_flag]).await;
+    let b = replica(&c.map, &store);
+    b.wait_members(4).await;
+    let a = c.proxy.admin;
+
+    let replicas = until_replicas_current(a, 2, 0).await;
+    assert_eq!(
+        replicas["source"],
+        format!("file:{}.replicas", store.display())
+    );
+    let list = replicas["replicas"].as_array().unwrap();
+    let this: Vec<_> = list.iter().filter(|r| r["this"] == true).collect();
+    assert_eq!(this.len(), 1, "{replicas}");
+    assert_eq!(this[0]["admin"], a.to_string());
+    assert!(list.iter().any(|r| r["admin"] == b.admin.to_string()));
+    let hash = view(a).await["map"]["hash"].clone();
+    assert_eq!(replicas["latest_map_hash"], hash);
+
+    // A change: both report its version.
+    assert_eq!(
+        change(a, "www1", json!({"status": "drain"})).await.status,
+        200
+    );
+    until_replicas_current(a, 2, 1).await;
+    until_replicas_current(b.admin, 2, 1).await;
+
+    // A replica that stops answering (stopped, as a hung process would be) shows as
+    // unreachable, with the reason; the rest stay current.
+    b.process.as_process().signal("STOP");
+    assert_eq!(
+        change(a, "www2", json!({"loadfactor": 40})).await.status,
+        200
+    );
+    let replicas = stickyroute_tests::eventually_async(
+        "the stopped replica unreachable",
+        Duration::from_secs(8),
+        || async {
+            let replicas = view(a).await["replicas"].clone();
+            let stopped = replicas["replicas"]
+                .as_array()?
+                .iter()
+                .find(|r| r["admin"] == b.admin.to_string())?
+                .clone();
+            stopped["error"].is_string().then_some(replicas)
+        },
+    )
+    .await;
+    let stopped = replicas["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["admin"] == b.admin.to_string())
+        .unwrap();
+    assert!(
+        stopped["error"]
+            .as_str()
+            .unwrap()
+            .contains(&b.admin.to_string()),
+        "{stopped}"
+    );
+    assert!(stopped["unreachable_since_ms"].as_u64().is_some());
+    assert_eq!(stopped["overrides_current"], Value::Null);
+    assert_eq!(replicas["latest_overrides_version"], 2);
+    let page = get(a, "/balancer-manager").send().await.text();
+    assert!(page.contains("<h2>Replicas</h2>"), "{page}");
+    assert!(page.contains("(this one)"), "{page}");
+    assert!(page.contains("unreachable since"), "{page}");
+    assert!(page.contains("version 2: latest"), "{page}");
+    // Resumed, it catches up.
+    b.process.as_process().signal("CONT");
+    until_replicas_current(a, 2, 2).await;
+
+    // Stopped cleanly, it takes itself off the list.
+    b.process.as_process().signal("TERM");
+    stickyroute_tests::eventually_async("the replica to exit", Duration::from_secs(10), || async {
+        b.process.as_process().try_status().ok().flatten()
+    })
+    .await;
+    let replicas = until_replicas_current(a, 1, 2).await;
+    assert_eq!(replicas["replicas"][0]["admin"], a.to_string());
+    let registry: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{}.replicas", store.display())).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        registry["replicas"].as_object().unwrap().len(),
+        1,
+        "{registry}"
+    );
+}
+
+/// A free port on 127.0.0.1, for listeners that must share one port on several addresses
+/// (the replicas of a Service all have their admin listener on the same port).
+fn shared_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `--proxy-service`: the replicas are the proxies' Service's endpoints (EndpointSlices of
+/// the in-test API server), each read on the same admin port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_are_the_proxy_services_endpoints() {
+    let api = ApiServer::start().await;
+    api.apply("shop", "routes-overrides", &[]);
+    let port = shared_port();
+    api.apply_endpoint_slice(
+        "shop",
+        "proxy-x1",
+        "proxy",
+        &[
+            SliceEndpoint::ready("proxy-a", "127.0.0.41"),
+            SliceEndpoint::ready("proxy-b", "127.0.0.42"),
+        ],
+    );
+    let c = Cluster::classic(&[]).await;
+    let kubeconfig = api.kubeconfig().display().to_string();
+    let replica = |ip: &str| {
+        ProxyBuilder::new(
+            "stickyroute-proxy",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                &format!("{ip}:{port}"),
+                "--routemap",
+                &c.map.display().to_string(),
+                "--overrides-configmap",
+                "shop/routes-overrides",
+                "--proxy-service",
+                "shop/proxy",
+            ],
+        )
+        .env("KUBECONFIG", &kubeconfig)
+        .start_process()
+    };
+    let a = replica("127.0.0.41");
+    let b = replica("127.0.0.42");
+    a.wait_members(4).await;
+    b.wait_members(4).await;
+    let replicas = until_replicas_current(a.admin, 2, 0).await;
+    assert_eq!(replicas["source"], "service:shop/proxy");
+    let names: Vec<_> = replicas["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap(), r["this"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(names, [("proxy-a", true), ("proxy-b", false)]);
+
+    assert_eq!(
+        change(b.admin, "www3", json!({"status": "disabled"}))
+            .await
+            .status,
+        200
+    );
+    until_replicas_current(a.admin, 2, 1).await;
+
+    // A third pod whose proxy does not answer: listed as unreachable.
+    api.apply_endpoint_slice(
+        "shop",
+        "proxy-x1",
+        "proxy",
+        &[
+            SliceEndpoint::ready("proxy-a", "127.0.0.41"),
+            SliceEndpoint::ready("proxy-b", "127.0.0.42"),
+            SliceEndpoint::ready("proxy-c", "127.0.0.43"),
+        ],
+    );
+    let gone = stickyroute_tests::eventually_async(
+        "the third replica listed",
+        Duration::from_secs(8),
+        || async {
+            let replicas = view(b.admin).await["replicas"].clone();
+            replicas["replicas"]
+                .as_array()?
+                .iter()
+                .find(|r| r["name"] == "proxy-c" && r["error"].is_string())
+                .cloned()
+        },
+    )
+    .await;
+    assert_eq!(gone["admin"], format!("127.0.0.43:{port}"));
+    assert_eq!(gone["map_current"], Value::Null);
 }

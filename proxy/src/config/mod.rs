@@ -121,6 +121,8 @@ pub struct Settings {
     /// `--overrides-file` / `--overrides-configmap`: where balancer-manager changes are
     /// shared; `None`: in this process only.
     pub overrides: Option<OverridesAt>,
+    /// `--proxy-service`: the Service whose endpoints are this balancer's replicas.
+    pub proxy_service: Option<crate::membership::ServiceRef>,
     pub log_format: LogFormat,
     /// `--access-log`, opened when the proxy starts.
     pub access_log: Option<AccessLogConfig>,
@@ -225,6 +227,13 @@ impl Settings {
             admin_token,
             agent_admin_port: options.manager.agent_admin_port,
             agent_poll_interval: options.manager.agent_poll_interval.get(),
+            proxy_service: options
+                .manager
+                .proxy_service
+                .as_deref()
+                .map(crate::membership::ServiceRef::parse)
+                .transpose()
+                .map_err(|e| layered.invalid("proxy_service", e))?,
             overrides: match (
                 &options.manager.overrides_file,
                 &options.manager.overrides_configmap,

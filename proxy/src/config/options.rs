@@ -298,6 +298,12 @@ pub struct ManagerOptions {
     /// that cannot be written is refused.
     #[arg(long, value_name = "NAMESPACE/NAME")]
     pub overrides_configmap: Option<String>,
+    /// The proxies' own Service (NAMESPACE/NAME): the balancer-manager lists its endpoints
+    /// as the replicas of this balancer, reads each one's /status on this proxy's admin
+    /// port, and shows whether each applies the latest route map and overrides. With
+    /// --overrides-file the replicas are listed without it, from the file's registry.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub proxy_service: Option<String>,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]

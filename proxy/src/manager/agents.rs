@@ -112,7 +112,7 @@ fn report(agent: &Authority, body: &[u8]) -> AgentReport {
 
 /// At most [`MAX_ERROR_CHARS`] of `text`, counted in characters: its start, and its end
 /// (which says what was expected, and where).
-fn shorten(text: &str) -> String {
+pub(crate) fn shorten(text: &str) -> String {
     let chars = text.chars().count();
     if chars <= MAX_ERROR_CHARS {
         return text.to_owned();

@@ -23,6 +23,9 @@ pub struct View {
     pub agents_polled: bool,
     /// Where the overrides are kept.
     pub overrides: OverridesInfo,
+    /// The replicas sharing them and whether each applied the latest map and overrides;
+    /// `None` when this proxy cannot know them.
+    pub replicas: Option<crate::replicas::ReplicasView>,
 }
 
 /// Where the overrides are kept and which version of them is applied here.

@@ -79,6 +79,7 @@ impl ProxyAdmin {
                 version: self.balancer.overrides().version,
                 status: self.overrides_store.as_ref().map(Store::status),
             },
+            replicas: self.replicas.view(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! value is escaped; every form posts the per-process nonce.
 
 use crate::manager::api::{ManagedMember, View};
+use crate::replicas::ReplicasView;
 use routemap::Status;
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
@@ -60,7 +61,7 @@ pub fn render(view: &View, flash: Option<&str>) -> String {
         .and_then(|f| f.last_error.as_deref().zip(f.last_error_at_ms))
     {
         let _ = write!(
-            h,
+            info,
             "<tr><th>last error</th><td class=\"err\">{} (at {}); the last good overrides stay applied</td></tr>",
             esc(error),
             time(at)
@@ -106,6 +107,7 @@ pub fn render(view: &View, flash: Option<&str>) -> String {
     }
     totals_row(&mut h, &view.members);
     h.push_str("</table><p><small>Responses, latency and errors count since the proxy started; latency is the time to the member's response head, from the histogram's buckets.</small></p>");
+    replicas_section(&mut h, view.replicas.as_ref());
     let _ = write!(h, "<div class=\"info\">{info}</div>");
     h.push_str("<script src=\"/balancer-manager/refresh.js\"></script></body></html>");
     h
@@ -128,7 +130,7 @@ pub const REFRESH_JS: &str = r#"(function () {
       .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
       .then(function (text) {
         var fresh = new DOMParser().parseFromString(text, "text/html");
-        ["balancer", "overrides", "map", "members"].forEach(function (id) {
+        ["balancer", "overrides", "map", "members", "replicas"].forEach(function (id) {
           var now = document.getElementById(id), next = fresh.getElementById(id);
           if (now && next) now.replaceWith(next);
         });
@@ -137,6 +139,95 @@ pub const REFRESH_JS: &str = r#"(function () {
   }, 5000);
 })();
 "#;
+
+/// The replicas sharing this balancer, and whether each applies the latest map and
+/// overrides; or how to have them listed.
+fn replicas_section(h: &mut String, replicas: Option<&ReplicasView>) {
+    let Some(view) = replicas else {
+        h.push_str("<h2>Replicas</h2><p id=\"replicas\">Not known: give every proxy the same \
+            <code>--overrides-file</code>, or <code>--proxy-service</code> (the proxies' own Service) \
+            in Kubernetes, to list them here.</p>");
+        return;
+    };
+    let _ = write!(
+        h,
+        "<h2>Replicas</h2><div id=\"replicas\"><p>From <code>{}</code>, read every {} s. \
+         Latest overrides version: <b>{}</b>; latest map: <code>{}</code>.</p>",
+        esc(&view.source),
+        crate::replicas::POLL_INTERVAL.as_secs(),
+        view.latest_overrides_version
+            .map_or_else(|| "-".to_owned(), |v| v.to_string()),
+        esc(&view
+            .latest_map_hash
+            .as_deref()
+            .map_or_else(|| "-".to_owned(), short_hash)),
+    );
+    if let Some(error) = &view.error {
+        let _ = write!(
+            h,
+            "<p class=\"err\">The list could not be read: {}; the last list is shown.</p>",
+            esc(error)
+        );
+    }
+    h.push_str("<table id=\"replicas-table\"><tr><th>replica</th><th>admin</th><th>map</th><th>overrides</th><th>state</th><th>version</th><th>checked</th></tr>");
+    for r in &view.replicas {
+        let replica = &r.replica;
+        let name = if replica.this {
+            format!("{} <small>(this one)</small>", esc(&replica.name))
+        } else {
+            esc(&replica.name)
+        };
+        let current = |current: Option<bool>, what: String| match current {
+            Some(true) => format!("<td class=\"ok\">{what}: latest</td>"),
+            Some(false) => format!("<td class=\"bad\">{what}: behind</td>"),
+            None => "<td>-</td>".to_owned(),
+        };
+        let state = match (&replica.error, replica.draining) {
+            (Some(error), _) => format!(
+                "<td class=\"err\">unreachable since {}: {}</td>",
+                replica
+                    .unreachable_since_ms
+                    .map_or_else(|| "-".to_owned(), time),
+                esc(error)
+            ),
+            (None, Some(true)) => "<td>shutting down</td>".to_owned(),
+            (None, _) => "<td class=\"ok\">answering</td>".to_owned(),
+        };
+        let _ = write!(
+            h,
+            "<tr data-admin=\"{}\"><td>{name}</td><td><code>{}</code></td>{}{}{state}<td>{}</td><td>{}</td></tr>",
+            esc(&replica.admin),
+            esc(&replica.admin),
+            current(
+                r.map_current,
+                format!(
+                    "<code>{}</code>",
+                    esc(&replica
+                        .map_hash
+                        .as_deref()
+                        .map_or_else(|| "none".to_owned(), short_hash))
+                )
+            ),
+            current(
+                r.overrides_current,
+                format!(
+                    "version {}",
+                    replica
+                        .overrides_version
+                        .map_or_else(|| "-".to_owned(), |v| v.to_string())
+                )
+            ),
+            esc(replica.version.as_deref().unwrap_or("-")),
+            time(replica.checked_at_ms),
+        );
+    }
+    h.push_str("</table></div>");
+}
+
+/// The first 12 hex digits of a map hash: enough to tell maps apart on the page.
+fn short_hash(hash: &str) -> String {
+    hash.chars().take(12).collect()
+}
 
 fn totals_row(h: &mut String, members: &[ManagedMember]) {
     let sum = |f: &dyn Fn(&ManagedMember) -> u64| -> u64 { members.iter().map(f).sum() };

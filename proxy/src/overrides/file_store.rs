@@ -62,7 +62,7 @@ impl FileStore {
     pub fn update(&self, edit: &Edit) -> Result<OverrideSet, StoreError> {
         let lock = self.lock()?;
         let next = read_set(&self.path)?.edited(edit);
-        write_atomically(&self.path, &next)?;
+        write_atomically(&self.path, &render_set(&next))?;
         drop(lock);
         Ok(next)
     }
@@ -89,8 +89,9 @@ impl FileStore {
         self.path.display().to_string()
     }
 
-    /// Takes the lock, waiting at most [`LOCK_WAIT`] for a change in another process.
-    fn lock(&self) -> Result<File, StoreError> {
+    /// Takes the lock, waiting at most [`LOCK_WAIT`] for a change in another process. The
+    /// replica registry beside the file (see [`crate::replicas::registry`]) takes it too.
+    pub(crate) fn lock(&self) -> Result<File, StoreError> {
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -157,14 +158,13 @@ fn read_set(path: &Path) -> Result<OverrideSet, StoreError> {
     }
 }
 
-/// Writes `set` to a temporary file in the same directory, flushes it to disk and renames
-/// it over `path`.
-fn write_atomically(path: &Path, set: &OverrideSet) -> Result<(), StoreError> {
+/// Writes `text` to a temporary file in the same directory, flushes it to disk and renames
+/// it over `path`, so a reader sees the old file or the new one, never half.
+pub(crate) fn write_atomically(path: &Path, text: &str) -> Result<(), StoreError> {
     let failed = |source: std::io::Error| StoreError::Write {
         place: path.display().to_string(),
         message: source.to_string(),
     };
-    let text = render_set(set);
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(format!(".{}.tmp", std::process::id()));
     let temporary = PathBuf::from(temporary);
