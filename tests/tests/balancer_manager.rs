@@ -10,6 +10,7 @@ use stickyroute_tests::app::TestApp;
 use stickyroute_tests::client::{call, get};
 use stickyroute_tests::cluster::{Cluster, counts};
 use stickyroute_tests::manager::{API, change, member, view};
+use stickyroute_tests::proxy::Proxy;
 use stickyroute_tests::webdriver::Browser;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,7 +382,14 @@ async fn each_members_agent_map_hash_is_shown_and_a_different_one_is_marked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_in_a_real_browser_drains_a_member() {
-    let c = Cluster::classic(&[]).await;
+    // With a second replica sharing the overrides file, as the page is used in production.
+    let shared = tempfile::tempdir().unwrap();
+    let store = shared.path().join("overrides.json").display().to_string();
+    let c = Cluster::classic(&["--overrides-file", &store]).await;
+    let other = Proxy::builder(&c.map)
+        .args(&["--overrides-file", &store])
+        .start_process();
+    other.wait_members(4).await;
     let browser = Browser::start().await;
     let page = format!("http://{}/balancer-manager", c.proxy.admin);
     browser.open(&page).await;
@@ -444,6 +452,19 @@ async fn the_page_in_a_real_browser_drains_a_member() {
         assert!(
             std::time::Instant::now() < deadline,
             "the page never refreshed itself"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Both replicas listed, each applying the latest overrides (the drain and the standby).
+    let deadline = std::time::Instant::now() + Duration::from_secs(12);
+    loop {
+        let replicas = browser.text("#replicas-table").await;
+        if replicas.matches("version 2: latest").count() == 2 && replicas.contains("(this one)") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replicas never showed as current: {replicas}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
