@@ -49,7 +49,10 @@ struct Status {
     instance: String,
     balancer: BalancerInfo,
     map: MapStatus,
-    members: Vec<MemberInfo>,
+    /// Every member; left out with `?members=false` (what the replicas read of each other:
+    /// with a large map the members are most of the answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    members: Option<Vec<MemberInfo>>,
     /// Where overrides are kept and the version applied here.
     overrides: StatusOverrides,
     draining: bool,
@@ -220,13 +223,14 @@ impl ProxyAdmin {
         }
     }
 
-    fn status(&self) -> Status {
+    fn status(&self, with_members: bool) -> Status {
         let now = now_ms();
-        let members = self
-            .balancer
-            .table()
-            .map(|t| t.members().iter().map(|m| MemberInfo::of(m, now)).collect())
-            .unwrap_or_default();
+        let members = with_members.then(|| {
+            self.balancer
+                .table()
+                .map(|t| t.members().iter().map(|m| MemberInfo::of(m, now)).collect())
+                .unwrap_or_default()
+        });
         Status {
             version: env!("CARGO_PKG_VERSION"),
             instance: self.replicas.instance().to_owned(),
@@ -296,7 +300,10 @@ impl Handler for ProxyAdmin {
                 }
                 admin::metrics(text)
             }
-            "/status" => body::json(StatusCode::OK, &self.status()),
+            "/status" => {
+                let with_members = request.uri().query() != Some("members=false");
+                body::json(StatusCode::OK, &self.status(with_members))
+            }
             _ => admin::not_found(),
         }
     }

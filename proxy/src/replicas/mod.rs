@@ -12,7 +12,8 @@
 //!   (EndpointSlices, watched as `--member-service` watches the members'), each on this
 //!   proxy's admin port: what Kubernetes says the replicas are, with no registry to keep.
 //!
-//! Every [`POLL_INTERVAL`] each replica's admin `/status` is read, this one's too (through
+//! Every [`POLL_INTERVAL`] each replica's admin `/status?members=false` (the status without
+//! the member list, so its size does not grow with the map) is read, this one's too (through
 //! its own listener, so every replica is measured the same way), with a deadline for the
 //! whole answer (see [`poll`]). A replica is current when it applies the highest overrides
 //! version any replica reports and the route map most recently loaded by any of them: a

@@ -18,8 +18,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use stickyroute_relay::upstream::forward::Upstreams;
 
-/// Largest `/status` body read from a replica (it lists every member).
-const MAX_STATUS_BYTES: usize = 16 * 1024 * 1024;
+/// Largest `/status?members=false` body read from a replica: far more than it needs.
+const MAX_STATUS_BYTES: usize = 64 * 1024;
 
 /// Where the replicas are listed.
 pub enum Peers {
@@ -192,7 +192,7 @@ struct Reported {
 async fn read(upstreams: &Upstreams, admin: SocketAddr) -> Result<Reported, String> {
     let authority = Authority::try_from(admin.to_string()).map_err(|e| e.to_string())?;
     let response = upstreams
-        .get(&authority, "/status", STATUS_TIMEOUT)
+        .get(&authority, "/status?members=false", STATUS_TIMEOUT)
         .await
         .map_err(|e| e.to_string())?;
     if !response.status().is_success() {
