@@ -29,11 +29,19 @@ TLS_OVERLAY = ROOT / "deploy" / "kustomize" / "overlays" / "tls"
 KUBERNETES_VERSION = "1.32.0"
 ROUTEMAP_CLI = ROOT / "target" / "debug" / "routemap"
 
-# Every values file of the chart's ci/ directory, plus the defaults.
-MODES = {"default": {}} | {
-    path.name.removesuffix("-values.yaml"): yaml.safe_load(path.read_text())
-    for path in sorted((CHART / "ci").glob("*-values.yaml"))
-}
+EXAMPLE_VALUES = CHART / "examples" / "example-app-values.yaml"
+# Every values file of the chart's ci/ directory, the example app's values file users are
+# pointed to, and the defaults (no example app: the proxy alone).
+MODES = (
+    {"default": {}}
+    | {
+        path.name.removesuffix("-values.yaml"): yaml.safe_load(path.read_text())
+        for path in sorted((CHART / "ci").glob("*-values.yaml"))
+    }
+    | {"example-app": yaml.safe_load(EXAMPLE_VALUES.read_text())}
+)
+# The example app on, everything else at its default.
+EXAMPLE = MODES["example-app"]
 STANDARD_LABELS = {
     "app.kubernetes.io/name",
     "app.kubernetes.io/instance",
@@ -48,6 +56,23 @@ SELECTOR_LABELS = {
     "app.kubernetes.io/instance",
     "app.kubernetes.io/component",
 }
+
+
+# The fields of the Prometheus Operator's monitoring.coreos.com/v1 ServiceMonitor and
+# PodMonitor specs, their endpoints and relabelings (the CRDs are not in kubernetes-validate).
+MONITOR_SPEC_FIELDS = {
+    "attachMetadata", "bodySizeLimit", "jobLabel", "keepDroppedTargets", "labelLimit",
+    "labelNameLengthLimit", "labelValueLengthLimit", "namespaceSelector", "podTargetLabels",
+    "sampleLimit", "scrapeClass", "scrapeProtocols", "selector", "targetLabels", "targetLimit",
+}
+MONITOR_ENDPOINT_FIELDS = {
+    "authorization", "basicAuth", "bearerTokenSecret", "enableHttp2", "filterRunning",
+    "followRedirects", "honorLabels", "honorTimestamps", "interval", "metricRelabelings",
+    "params", "path", "port", "proxyUrl", "relabelings", "scheme", "scrapeTimeout",
+    "targetPort", "tlsConfig",
+}
+RELABEL_FIELDS = {"action", "modulus", "regex", "replacement", "separator", "sourceLabels", "targetLabel"}
+PROMETHEUS_DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
 
 
 def render(values, namespace="shop", release="shop"):
@@ -131,10 +156,46 @@ class Manifests(unittest.TestCase):
         self.assertTrue(objects, f"{where}: nothing rendered")
         for obj in objects:
             with self.subTest(where=where, kind=obj["kind"], name=obj["metadata"]["name"]):
+                if obj["apiVersion"] == "monitoring.coreos.com/v1":
+                    self.assert_valid_monitor(obj, where)
+                    continue
                 try:
                     kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
                 except kubernetes_validate.ValidationError as error:
                     self.fail(f"{where}: {obj['kind']}/{obj['metadata']['name']}: {error}")
+
+    def assert_valid_monitor(self, obj, where):
+        """A ServiceMonitor or PodMonitor, whose CRD kubernetes-validate does not have:
+        its metadata and selector checked with the Kubernetes schemas (as a ConfigMap's
+        metadata and a NetworkPolicy's podSelector), every other field against the fields
+        the Prometheus Operator's monitoring.coreos.com/v1 API defines."""
+        name = f"{where}: {obj['kind']}/{obj['metadata']['name']}"
+        self.assertEqual(set(obj), {"apiVersion", "kind", "metadata", "spec"}, name)
+        kubernetes_validate.validate(
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj["metadata"]},
+            KUBERNETES_VERSION, strict=True,
+        )
+        spec = obj["spec"]
+        kubernetes_validate.validate(
+            {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+             "metadata": {"name": "selector"}, "spec": {"podSelector": spec["selector"]}},
+            KUBERNETES_VERSION, strict=True,
+        )
+        endpoints_field = {"ServiceMonitor": "endpoints", "PodMonitor": "podMetricsEndpoints"}[obj["kind"]]
+        self.assertLessEqual(set(spec), MONITOR_SPEC_FIELDS | {endpoints_field}, name)
+        self.assertLessEqual(set(spec.get("namespaceSelector", {})), {"any", "matchNames"}, name)
+        self.assertTrue(spec[endpoints_field], name)
+        for endpoint in spec[endpoints_field]:
+            self.assertLessEqual(set(endpoint), MONITOR_ENDPOINT_FIELDS, name)
+            self.assertIsInstance(endpoint["port"], str, name)
+            self.assertIn(endpoint.get("scheme", "http"), ("http", "https"), name)
+            self.assertTrue(endpoint.get("path", "/").startswith("/"), name)
+            for field in ("interval", "scrapeTimeout"):
+                if field in endpoint:
+                    self.assertRegex(endpoint[field], PROMETHEUS_DURATION, f"{name} {field}")
+            for field in ("relabelings", "metricRelabelings"):
+                for relabeling in endpoint.get(field, []):
+                    self.assertLessEqual(set(relabeling), RELABEL_FIELDS, f"{name} {field}")
 
     def assert_restricted(self, objects, where):
         for workload in workloads(objects):
@@ -191,7 +252,8 @@ class Manifests(unittest.TestCase):
 
     def assert_agent_identity(self, pod, where):
         agent = container(pod, "stickyroute-agent")
-        env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in agent["env"]}
+        # The downward API's variables (the kustomize component also sets APP_PORT).
+        env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in agent["env"] if "valueFrom" in e}
         self.assertEqual(
             env,
             {
@@ -312,7 +374,8 @@ class HelmChart(Manifests):
                     )
 
     def test_the_agent_is_a_native_sidecar_by_default_and_a_plain_container_as_an_option(self):
-        for mode in ("default", "api-native", "file-native"):
+        # example-app leaves agent.nativeSidecar at its default.
+        for mode in ("example-app", "api-native", "file-native"):
             objects, _ = render(MODES[mode])
             pod = one(objects, "StatefulSet")["spec"]["template"]["spec"]
             self.assert_native_sidecar(pod, mode)
@@ -328,7 +391,7 @@ class HelmChart(Manifests):
             self.assert_agent_identity(pod, mode)
 
     def test_pod_name_keys_reach_the_pods_through_the_headless_service(self):
-        objects, _ = render({})
+        objects, _ = render(EXAMPLE)
         statefulset = one(objects, "StatefulSet", "web")
         headless = one(objects, "Service", "web")
         self.assertEqual(headless["spec"]["clusterIP"], "None")
@@ -342,15 +405,15 @@ class HelmChart(Manifests):
         agent = container(statefulset["spec"]["template"]["spec"], "stickyroute-agent")
         self.assertEqual(int(arg(proxy, "--member-port")), int(arg(agent, "--listen").rsplit(":", 1)[1]))
         self.assertEqual(int(arg(proxy, "--agent-admin-port")), int(arg(agent, "--admin-listen").rsplit(":", 1)[1]))
-        # The map the chart creates names exactly the StatefulSet's pods, and is valid.
+        # The example's map names exactly the StatefulSet's pods, and is valid.
         configmap = one(objects, "ConfigMap", "shop-stickyroute-routemap")
         text = configmap["data"]["routemap"]
-        check_map(self, text, "routeMap.content")
+        check_map(self, text, "examples/example-app-values.yaml routeMap.content")
         keys = [line.split()[0] for line in text.splitlines() if line.split() and not line.startswith("#")]
         self.assertEqual(keys, [f"web-{i}" for i in range(statefulset["spec"]["replicas"])])
 
     def test_a_pod_drains_before_its_app_stops_and_stays_reachable_meanwhile(self):
-        objects, _ = render({"agent": {"drainTimeoutSeconds": 90, "gracePeriodSeconds": 15}})
+        objects, _ = render(EXAMPLE | {"agent": {"drainTimeoutSeconds": 90, "gracePeriodSeconds": 15}})
         headless = one(objects, "Service", "web")
         self.assertIs(headless["spec"]["publishNotReadyAddresses"], True)
         pod = one(objects, "StatefulSet", "web")["spec"]["template"]["spec"]
@@ -368,7 +431,7 @@ class HelmChart(Manifests):
             one(objects, "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy"
         )
         self.assertEqual(arg(proxy, "--member-service"), "shop/web")
-        objects, _ = render({"routeMap": {"source": "file"}})
+        objects, _ = render(EXAMPLE | {"routeMap": {"source": "file"}})
         proxy = container(
             one(objects, "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy"
         )
@@ -504,6 +567,7 @@ class HelmChart(Manifests):
 # Every new option on at once: TLS from two Secrets, a public LoadBalancer keeping client
 # addresses, the agent's cookie attributes.
 EVERYTHING_ON = {
+    "exampleApp": {"enabled": True},
     "proxy": {
         "service": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "httpsPort": 8443},
         "adminService": {"annotations": {"prometheus.io/scrape": "true"}},
@@ -595,7 +659,7 @@ class HelmFrontDoor(Manifests):
         self.assertEqual(args_of(proxy, "--access-log-format"), ["json"])
         self.assertEqual(args_of(agent, "--access-log"), ["-"])
         self.assertEqual(args_of(agent, "--access-log-format"), ["combined"])
-        objects, _ = render({})
+        objects, _ = render(EXAMPLE)
         proxy, agent = proxy_of(objects), agent_of(objects)
         self.assertNotIn("--proxy-protocol", proxy["args"])
         self.assertEqual(args_of(proxy, "--access-log"), [])
@@ -633,27 +697,11 @@ class HelmFrontDoor(Manifests):
         self.assertEqual(args_of(agent, "--cookie-samesite"), ["none"])
         self.assertIn("--cookie-httponly", agent["args"])
         self.assertEqual(args_of(agent, "--cookie-max-age"), ["3600"])
-        agent = agent_of(render({})[0])
+        agent = agent_of(render(EXAMPLE)[0])
         self.assertEqual(args_of(agent, "--cookie-secure"), ["auto"])
         for flag in ("--cookie-samesite", "--cookie-max-age"):
             self.assertEqual(args_of(agent, flag), [], flag)
         self.assertNotIn("--cookie-httponly", agent["args"])
-
-
-class ReadmeSnippet(Manifests):
-    def test_the_sidecar_snippet_for_your_own_app_is_a_valid_pod_spec(self):
-        readme = (ROOT / "README.md").read_text()
-        section = readme[readme.index("For your own app"):]
-        snippet = section[section.index("```yaml") + len("```yaml"):section.index("```", section.index("```yaml") + 7)]
-        spec = yaml.safe_load(snippet)["spec"]
-        spec["containers"] = [{"name": "app", "image": "app:1", "ports": [{"containerPort": 8081}]}]
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "shop-0"}, "spec": spec}
-        self.assert_valid_kubernetes([pod], "README snippet")
-        self.assert_native_sidecar(spec, "README snippet")
-        agent = container(spec, "stickyroute-agent")
-        for kind, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
-            self.assertEqual(agent[kind]["httpGet"]["path"], path)
-            self.assertEqual(port_number(agent, agent[kind]["httpGet"]["port"]), 9901)
 
 
 class Kustomize(Manifests):

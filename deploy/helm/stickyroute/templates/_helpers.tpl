@@ -179,22 +179,6 @@ automountServiceAccountToken: false
 {{- end }}
 {{- end }}
 
-{{/* The app container's preStop hook: it waits for the agent's drain (new sessions go
-     elsewhere, this pod's sessions are served until they go quiet), so the app outlives
-     it. Put it in your own app container too. */}}
-{{- define "stickyroute.appLifecycle" -}}
-lifecycle:
-  preStop:
-    httpGet:
-      path: /prestop
-      port: {{ .Values.agent.adminPort }}
-{{- end }}
-
-{{/* Room for the agent's drain, then its grace period, then the app's own shutdown. */}}
-{{- define "stickyroute.appTerminationGrace" -}}
-{{- add .Values.agent.drainTimeoutSeconds .Values.agent.gracePeriodSeconds 10 }}
-{{- end }}
-
 {{- define "stickyroute.agentAdminPort" -}}
 {{- if not (kindIs "invalid" .Values.proxy.agentAdminPort) }}
 {{- .Values.proxy.agentAdminPort }}
@@ -203,10 +187,108 @@ lifecycle:
 {{- end }}
 {{- end }}
 
-{{/* The agent container; a native sidecar when agent.nativeSidecar. Pass (dict "ctx" $
-     "trackAll" BOOL "appPort" PORT). */}}
-{{- define "stickyroute.agentContainer" -}}
-{{- $ := .ctx }}
+{{/* Labels merged for a pod template: the chart's own win over the user's extra ones.
+     Pass (dict "ctx" $ "component" NAME "extra" MAP). */}}
+{{- define "stickyroute.podLabels" -}}
+{{- $labels := fromYaml (include "stickyroute.labels" .) }}
+{{- toYaml (merge $labels (.extra | default dict)) }}
+{{- end }}
+
+{{/* ---------------------------------------------------------------------------------
+     The agent sidecar, for your own StatefulSet or Deployment.
+
+     These templates are the chart's interface for app pods: the example app is built from
+     them, and a parent (umbrella) chart that depends on this chart uses them for its own
+     workloads. Each takes one dict:
+
+       ctx      the stickyroute chart's context: `$` in this chart's templates, and
+                `$.Subcharts.stickyroute` in a parent chart's (Helm 3.7 or later; with an
+                alias, `index $.Subcharts "ALIAS"`), so that names, values and the image are
+                this chart's
+       appPort  the port your app listens on inside the pod (the agent forwards to
+                127.0.0.1:appPort); agentSidecar only
+       trackAll optional: set the balance cookie on every response, as agent.trackAll
+
+     In a parent chart's pod template:
+
+       {{- $sr := dict "ctx" $.Subcharts.stickyroute "appPort" 8081 }}
+       metadata:
+         labels:
+           {{- include "stickyroute.agentPodLabels" $sr | nindent 8 }}
+       spec:
+         {{- include "stickyroute.agentPodSpec" $sr | nindent 6 }}
+         initContainers:            # `containers` with agent.nativeSidecar: false
+           {{- include "stickyroute.agentSidecar" $sr | nindent 8 }}
+         containers:
+           - name: app
+             {{- include "stickyroute.appLifecycle" $sr | nindent 12 }}
+         {{- with include "stickyroute.agentVolumes" $sr }}
+         volumes:
+           {{- . | nindent 8 }}
+         {{- end }}
+     --------------------------------------------------------------------------------- */}}
+
+{{/* Fails with a useful message when a helper is given something else than the
+     stickyroute chart's context (say, a parent chart's `$`). */}}
+{{- define "stickyroute.requireContext" -}}
+{{- if not (and (kindIs "map" .) .ctx (kindIs "map" .ctx.Values) .ctx.Values.agent .ctx.Values.routeMap) }}
+{{- fail "the stickyroute agent templates take (dict \"ctx\" CONTEXT ...) where CONTEXT is the stickyroute chart's: $ in its own templates, $.Subcharts.stickyroute in a parent chart (Helm 3.7 or later)" }}
+{{- end }}
+{{- end }}
+
+{{/* The label that marks a pod as running this release's agent: the agents'
+     NetworkPolicy, their PodMonitor and the proxy's egress rule select pods by it. Goes in
+     the pod template's labels (not the workload's selector, so it can be added to a
+     running StatefulSet). */}}
+{{- define "stickyroute.agentPodLabels" -}}
+{{- include "stickyroute.requireContext" . -}}
+stickyroute-agent: {{ include "stickyroute.fullname" .ctx }}
+{{- end }}
+
+{{/* Pod-level fields the agent needs: in api mode the release's ServiceAccount (the Role
+     allows reading the one route map ConfigMap); room for the agent's drain, then its grace
+     period, then the app's own shutdown (terminationGracePeriodSeconds). */}}
+{{- define "stickyroute.agentPodSpec" -}}
+{{- include "stickyroute.requireContext" . -}}
+{{- if include "stickyroute.apiMode" .ctx -}}
+serviceAccountName: {{ include "stickyroute.fullname" .ctx }}
+automountServiceAccountToken: true
+{{ end -}}
+terminationGracePeriodSeconds: {{ include "stickyroute.appTerminationGrace" .ctx }}
+{{- end }}
+
+{{/* The app container's preStop hook: it waits for the agent's drain (new sessions go
+     elsewhere, this pod's sessions are served until they go quiet), so the app outlives
+     it. Goes in your app container (it renders the `lifecycle` key). */}}
+{{- define "stickyroute.appLifecycle" -}}
+{{- include "stickyroute.requireContext" . -}}
+lifecycle:
+  preStop:
+    httpGet:
+      path: /prestop
+      port: {{ .ctx.Values.agent.adminPort }}
+{{- end }}
+
+{{/* The pod's volumes for the agent: in file mode the route map ConfigMap as a directory;
+     nothing in api mode. */}}
+{{- define "stickyroute.agentVolumes" -}}
+{{- include "stickyroute.requireContext" . -}}
+{{- include "stickyroute.mapVolume" .ctx | trim }}
+{{- end }}
+
+{{/* Room for the agent's drain, then its grace period, then the app's own shutdown. */}}
+{{- define "stickyroute.appTerminationGrace" -}}
+{{- add .Values.agent.drainTimeoutSeconds .Values.agent.gracePeriodSeconds 10 }}
+{{- end }}
+
+{{/* The agent container, as one list item: a native sidecar (restartPolicy: Always, for
+     initContainers) with agent.nativeSidecar, else a plain container (for containers). */}}
+{{- define "stickyroute.agentSidecar" -}}
+{{- include "stickyroute.requireContext" . -}}
+{{- if not .appPort -}}
+{{- fail "stickyroute.agentSidecar needs appPort: the port the app listens on inside the pod, which the agent forwards to" -}}
+{{- end -}}
+{{- $ := .ctx -}}
 - name: stickyroute-agent
   image: {{ include "stickyroute.image" $ }}
   imagePullPolicy: {{ $.Values.image.pullPolicy }}
@@ -293,6 +375,9 @@ lifecycle:
     {{- toYaml $.Values.agent.resources | nindent 4 }}
   securityContext:
     {{- include "stickyroute.containerSecurityContext" $ | nindent 4 }}
+    # The image's user, set here too: your pod's own securityContext may name another.
+    runAsUser: 65532
+    runAsGroup: 65532
   {{- with (include "stickyroute.mapVolumeMount" $) }}
   volumeMounts:
     {{- . | trim | nindent 4 }}
