@@ -65,10 +65,13 @@ class DefaultInstall(Manifests):
             [l for l in text.splitlines() if l.strip() and not l.lstrip().startswith("#")], []
         )
         check_map(self, text, "the default routeMap.content")
-        # The Role reads the map and the overrides, and no EndpointSlices.
-        self.assertNotIn(
-            "endpointslices", [r for rule in one(objects, "Role")["rules"] for r in rule["resources"]]
+        # The Role reads the map, the overrides and the proxies' own EndpointSlices (the
+        # list of replicas), which --proxy-service names.
+        self.assertEqual(
+            [r for rule in one(objects, "Role")["rules"] for r in rule["resources"]],
+            ["configmaps", "configmaps", "endpointslices"],
         )
+        self.assertEqual(arg(proxy, "--proxy-service"), "shop/shop-stickyroute-admin")
 
     def test_the_notes_say_what_to_do_next_without_the_example_app(self):
         _, notes = render({})
@@ -172,12 +175,15 @@ class NetworkPolicies(Manifests):
         traffic, admin = proxy_policy["spec"]["ingress"]
         self.assertEqual(rule_ports(traffic), [("http", "TCP"), ("https", "TCP")])
         self.assertEqual(peers_allowed(traffic), ALL["networkPolicy"]["ingressFrom"])
-        # The admin port: the CIDRs, and the scrapers.
+        # The admin port: the other replicas (which read each other's /status to list the
+        # replicas), the CIDRs, and the scrapers.
         self.assertEqual(rule_ports(admin), [("admin", "TCP")])
         self.assertEqual(
             peers_allowed(admin),
-            [{"ipBlock": {"cidr": "10.8.2.0/24"}}] + ALL["networkPolicy"]["metricsFrom"],
+            [{"podSelector": {"matchLabels": proxy_pods}}, {"ipBlock": {"cidr": "10.8.2.0/24"}}]
+            + ALL["networkPolicy"]["metricsFrom"],
         )
+        self.assertEqual(arg(proxy_container(objects), "--proxy-service"), "shop/shop-stickyroute-admin")
         # The named ports are the proxy container's.
         names = {p["name"] for p in proxy_container(objects)["ports"]}
         self.assertLessEqual({"http", "https", "admin"}, names)
@@ -205,8 +211,11 @@ class NetworkPolicies(Manifests):
         self.assertNotIn(app_port, [p for rule in agent_policy["spec"]["ingress"] for p, _ in rule_ports(rule)])
 
     def test_egress_allows_dns_the_members_and_the_api_server(self):
-        _, proxy_policy, _ = self.policies(ALL)
-        dns, members, api, extra = proxy_policy["spec"]["egress"]
+        objects, proxy_policy, _ = self.policies(ALL)
+        dns, members, replicas, api, extra = proxy_policy["spec"]["egress"]
+        proxy_pods = one(objects, "Deployment")["spec"]["selector"]["matchLabels"]
+        self.assertEqual(replicas["to"], [{"podSelector": {"matchLabels": proxy_pods}}])
+        self.assertEqual(rule_ports(replicas), [(9900, "TCP")])
         self.assertEqual(rule_ports(dns), [(53, "UDP"), (53, "TCP")])
         self.assertNotIn("to", dns)
         self.assertEqual(
@@ -221,10 +230,17 @@ class NetworkPolicies(Manifests):
         objects, proxy_policy, agent_policy = self.policies({"networkPolicy": {"enabled": True}})
         self.assertEqual(proxy_policy["spec"]["policyTypes"], ["Ingress"])
         self.assertNotIn("egress", proxy_policy["spec"])
-        # One rule: the traffic port, from anywhere; the admin port only from the node.
-        (traffic,) = proxy_policy["spec"]["ingress"]
+        # The traffic port, from anywhere; the admin port only from the node and the other
+        # replicas.
+        proxy_pods = one(objects, "Deployment")["spec"]["selector"]["matchLabels"]
+        traffic, admin = proxy_policy["spec"]["ingress"]
         self.assertEqual(rule_ports(traffic), [("http", "TCP")])
         self.assertIsNone(peers_allowed(traffic))
+        self.assertEqual(peers_allowed(admin), [{"podSelector": {"matchLabels": proxy_pods}}])
+        # File mode has no list of replicas: the admin port only from the node.
+        objects, _ = render({"routeMap": {"source": "file"}, "networkPolicy": {"enabled": True}})
+        (traffic,) = one(objects, "NetworkPolicy", "shop-stickyroute")["spec"]["ingress"]
+        self.assertEqual(rule_ports(traffic), [("http", "TCP")])
         # No example app, no agentAdminPort: the agents' admin port is opened to no one.
         self.assertEqual([rule_ports(r) for r in agent_policy["spec"]["ingress"]], [[(8080, "TCP")]])
         # With the example app the proxies read the agents' /status.

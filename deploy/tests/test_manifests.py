@@ -302,19 +302,17 @@ class HelmChart(Manifests):
             proxy = container(
                 one(objects, "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy"
             )
-            # The members' EndpointSlices too, when the proxy follows them (the example
-            # app's Service by default in api mode): listed by label, in this namespace.
-            slices = (
-                [
-                    {
-                        "apiGroups": ["discovery.k8s.io"],
-                        "resources": ["endpointslices"],
-                        "verbs": ["get", "list", "watch"],
-                    }
-                ]
-                if arg(proxy, "--member-service")
-                else []
-            )
+            # EndpointSlices too: the proxies' own (the list of replicas) and, when the proxy
+            # follows them, the members' (the example app's Service): listed by label, in
+            # this namespace.
+            self.assertEqual(arg(proxy, "--proxy-service"), "shop/shop-stickyroute-admin")
+            slices = [
+                {
+                    "apiGroups": ["discovery.k8s.io"],
+                    "resources": ["endpointslices"],
+                    "verbs": ["get", "list", "watch"],
+                }
+            ]
             self.assertEqual(
                 role["rules"],
                 [
@@ -751,6 +749,7 @@ class Kustomize(Manifests):
         proxy = container(one(objects, "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy")
         self.assertEqual(proxy["image"], "registry.example.com/stickyroute:0.1.0")
         self.assertEqual(arg(proxy, "--member-service"), "$(POD_NAMESPACE)/web")
+        self.assertEqual(arg(proxy, "--proxy-service"), "$(POD_NAMESPACE)/stickyroute-proxy-admin")
         self.assertEqual(arg(proxy, "--overrides-configmap"), "$(POD_NAMESPACE)/stickyroute-overrides")
         self.assertNotIn("data", one(objects, "ConfigMap", "stickyroute-overrides"))
         self.assertIn(
