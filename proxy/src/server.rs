@@ -316,23 +316,37 @@ async fn follow_overrides(
 /// The replicas' list and poller, and this proxy's entry in the file store's registry.
 struct StartedReplicas {
     list: Arc<crate::replicas::Replicas>,
-    registered: Option<(Arc<FileStore>, std::net::SocketAddr)>,
+    registered: Option<(Arc<FileStore>, crate::replicas::registry::Me)>,
 }
 
 impl StartedReplicas {
-    /// Removes this proxy's registry entry, so the others stop listing it.
+    /// Removes this proxy's registry entry, so the others stop listing it; at most
+    /// [`LEAVE_TIMEOUT`], so a hung shared volume does not hold the exit.
     async fn leave(self) {
-        if let Some((store, admin)) = self.registered {
-            let removed = tokio::task::spawn_blocking(move || {
-                crate::replicas::registry::remove(&store, admin)
-            })
+        if let Some((store, me)) = self.registered {
+            let removed = tokio::time::timeout(
+                LEAVE_TIMEOUT,
+                tokio::task::spawn_blocking(move || crate::replicas::registry::leave(&store, &me)),
+            )
             .await;
-            if let Ok(Err(error)) = removed {
-                tracing::warn!("could not remove this proxy from the replica registry: {error}");
+            match removed {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => {
+                    tracing::warn!("could not remove this proxy from the replica registry: {error}")
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!("removing this proxy from the replica registry: {error}")
+                }
+                Err(_) => tracing::warn!(
+                    "the replica registry did not answer within {LEAVE_TIMEOUT:?}; the others drop this proxy's entry when it grows stale"
+                ),
             }
         }
     }
 }
+
+/// How long the exit waits to remove this proxy from the replica registry.
+const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Where this balancer's replicas are listed (`--proxy-service`, else the overrides file's
 /// registry, where this proxy registers), and their poller.
@@ -347,7 +361,7 @@ async fn start_replicas(
         Some(Store::File(file)) => Some(file.clone()),
         _ => None,
     };
-    let (peers, registered) = match (&settings.proxy_service, file) {
+    let (source, peers, registered) = match (&settings.proxy_service, file) {
         #[cfg(feature = "kubernetes")]
         (Some(service), _) => {
             let endpoints = crate::membership::endpoint_slices::start(service.clone()).await?;
@@ -355,33 +369,39 @@ async fn start_replicas(
                 endpoints,
                 admin_port: admin.port(),
             };
-            (Some((service.to_string(), peers)), None)
+            (Some(service.to_string()), Some(peers), None)
         }
         #[cfg(not(feature = "kubernetes"))]
         (Some(_), _) => return Err(routemap::source::StartError::NoKubernetes.into()),
+        (None, Some(file)) => (
+            Some(format!("file:{}", registry::path_of(&file).display())),
+            None,
+            Some(file),
+        ),
+        (None, None) => (None, None, None),
+    };
+    let list = Arc::new(Replicas::new(source));
+    let (peers, registered) = match (peers, registered) {
+        (Some(peers), _) => (Some(peers), None),
         (None, Some(file)) => {
-            let reachable = registry::reachable(admin);
-            let registering = file.clone();
-            // A registry that cannot be written leaves this proxy off the others' lists,
-            // nothing more: changes, which fail the same way, say so where they are made.
-            let registered =
-                tokio::task::spawn_blocking(move || registry::register(&registering, reachable))
-                    .await?;
-            if let Err(error) = &registered {
-                tracing::warn!("this proxy is not listed among the replicas: {error}");
+            // The first heartbeat before serving, so the others list this proxy at once. A
+            // registry that cannot be written leaves it off their lists, nothing more:
+            // changes, which fail the same way, say so where they are made.
+            let me = registry::Me::new(admin, list.instance());
+            let (writing, first) = (file.clone(), me.clone());
+            let written =
+                tokio::task::spawn_blocking(move || registry::heartbeat(&writing, &first)).await?;
+            if let Err(error) = &written {
+                tracing::warn!("this proxy is not listed among the replicas yet: {error}");
             }
-            let source = format!("file:{}", registry::path_of(&file).display());
             (
-                Some((source, poll::Peers::File(file.clone()))),
-                registered.is_ok().then_some((file, reachable)),
+                Some(poll::Peers::file(file.clone(), me.clone())),
+                Some((file, me)),
             )
         }
         (None, None) => (None, None),
     };
-    let list = Arc::new(Replicas::new(
-        peers.as_ref().map(|(source, _)| source.clone()),
-    ));
-    if let Some((_, peers)) = peers {
+    if let Some(peers) = peers {
         tokio::spawn(poll::poll(list.clone(), peers, upstreams));
     }
     Ok(StartedReplicas { list, registered })

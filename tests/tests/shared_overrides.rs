@@ -355,8 +355,8 @@ async fn replicas_share_overrides_through_a_configmap_and_retry_conflicts() {
     assert_eq!(member(&view(lost.admin).await, "www3")["status"], "enabled");
 }
 
-/// The replicas as `admin` lists them, once every one of `names` answers and applies
-/// overrides version `version`.
+/// The replicas as `admin` lists them, once there are `count` and every one answers and
+/// applies overrides version `version`.
 async fn until_replicas_current(admin: SocketAddr, count: usize, version: u64) -> Value {
     stickyroute_tests::eventually_async(
         "every replica listed and current",
@@ -471,6 +471,15 @@ async fn the_page_lists_the_proxies_sharing_the_file_and_whether_each_applied_th
         1,
         "{registry}"
     );
+    // A registry removed by hand is written again by the next heartbeat.
+    std::fs::remove_file(format!("{}.replicas", store.display())).unwrap();
+    stickyroute_tests::eventually_async(
+        "the registry written again",
+        Duration::from_secs(8),
+        || async { std::fs::metadata(format!("{}.replicas", store.display())).ok() },
+    )
+    .await;
+    until_replicas_current(a, 1, 2).await;
 }
 
 /// A free port on 127.0.0.1, for listeners that must share one port on several addresses

@@ -300,8 +300,8 @@ pub struct ManagerOptions {
     pub overrides_configmap: Option<String>,
     /// The proxies' own Service (NAMESPACE/NAME): the balancer-manager lists its endpoints
     /// as the replicas of this balancer, reads each one's /status on this proxy's admin
-    /// port, and shows whether each applies the latest route map and overrides. With
-    /// --overrides-file the replicas are listed without it, from the file's registry.
+    /// port, and shows whether each applies the latest route map and overrides. Without
+    /// it, --overrides-file lists the proxies sharing the file (from a registry beside it).
     #[arg(long, value_name = "NAMESPACE/NAME")]
     pub proxy_service: Option<String>,
 }

@@ -180,9 +180,14 @@ fn replicas_section(h: &mut String, replicas: Option<&ReplicasView>) {
         let current = |current: Option<bool>, what: String| match current {
             Some(true) => format!("<td class=\"ok\">{what}: latest</td>"),
             Some(false) => format!("<td class=\"bad\">{what}: behind</td>"),
+            None if replica.error.is_none() => format!("<td>{what}</td>"),
             None => "<td>-</td>".to_owned(),
         };
         let state = match (&replica.error, replica.draining) {
+            (Some(error), _) if replica.answered => format!(
+                "<td class=\"err\">answers, but cannot be read: {}</td>",
+                esc(error)
+            ),
             (Some(error), _) => format!(
                 "<td class=\"err\">unreachable since {}: {}</td>",
                 replica
@@ -210,12 +215,11 @@ fn replicas_section(h: &mut String, replicas: Option<&ReplicasView>) {
             ),
             current(
                 r.overrides_current,
-                format!(
-                    "version {}",
-                    replica
-                        .overrides_version
-                        .map_or_else(|| "-".to_owned(), |v| v.to_string())
-                )
+                match (replica.overrides_version, replica.overrides_shared) {
+                    (Some(v), Some(true)) => format!("version {v}"),
+                    (Some(v), _) => format!("version {v}, its own (not shared)"),
+                    (None, _) => "not reported (an older version)".to_owned(),
+                }
             ),
             esc(replica.version.as_deref().unwrap_or("-")),
             time(replica.checked_at_ms),

@@ -4,10 +4,10 @@
 //! Sharing overrides is only half of one balancer across replicas; the other half is seeing
 //! that every replica did apply them. The list of replicas comes from one of two places:
 //!
-//! - `--overrides-file`: every proxy writes its admin address into `PATH.replicas` beside
-//!   the file (under the file's lock) when it starts, and removes it when it stops (see
-//!   [`registry`]). A proxy that died without removing its entry shows as unreachable, and
-//!   is forgotten once it has not answered for [`FORGET_AFTER`].
+//! - `--overrides-file`: every proxy keeps its admin address in `PATH.replicas` beside the
+//!   file (under the file's lock), written at start and every round, removed when it stops
+//!   (see [`registry`]). A proxy that died without removing its entry shows as unreachable,
+//!   and is forgotten once its entry has not been renewed for [`FORGET_AFTER`].
 //! - `--proxy-service NAMESPACE/NAME`: the endpoints of the proxies' own Service
 //!   (EndpointSlices, watched as `--member-service` watches the members'), each on this
 //!   proxy's admin port: what Kubernetes says the replicas are, with no registry to keep.
@@ -33,8 +33,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// The longest one replica's `/status` may take, whole.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A registered replica that has not answered for this long is removed from the registry
-/// (a proxy killed without the chance to remove its own entry).
+/// A registry entry not renewed for this long is removed (a proxy killed without the chance
+/// to remove its own entry).
 pub const FORGET_AFTER: Duration = Duration::from_secs(300);
 
 /// What one replica reported when last read.
@@ -51,10 +51,14 @@ pub struct Replica {
     /// The hash of the route map it serves, and when it loaded it (wall-clock ms).
     pub map_hash: Option<String>,
     pub map_loaded_at_ms: Option<u64>,
-    /// The version of the overrides it applies.
+    /// The version of the overrides it applies, and whether they are shared (from a
+    /// store) rather than its own; unknown for a proxy older than this list.
     pub overrides_version: Option<u64>,
+    pub overrides_shared: Option<bool>,
     /// Whether it is shutting down.
     pub draining: Option<bool>,
+    /// Whether it answered `/status` (what it answered may still have been refused).
+    pub answered: bool,
     /// Why it could not be read, when it could not.
     pub error: Option<String>,
     /// When it was last read (wall-clock ms), and since when it has not answered.
@@ -80,7 +84,7 @@ pub struct ReplicaView {
     #[serde(flatten)]
     pub replica: Replica,
     /// Whether it applies the latest map and the latest overrides (`None`: unknown, it
-    /// could not be read).
+    /// could not be read, or its overrides are its own and not comparable).
     pub map_current: Option<bool>,
     pub overrides_current: Option<bool>,
 }
@@ -131,11 +135,16 @@ impl Replicas {
     }
 }
 
-/// Which replicas are current: the highest overrides version and the most recently loaded
-/// map among those that answered.
+/// Which replicas are current: the highest version of shared overrides and the most
+/// recently loaded map among those that answered. Overrides a replica keeps for itself (no
+/// store) are not compared: their versions count different changes.
 pub fn view(source: String, round: &Round) -> ReplicasView {
     let answered = || round.replicas.iter().filter(|r| r.error.is_none());
-    let latest_overrides_version = answered().filter_map(|r| r.overrides_version).max();
+    let shared = |r: &Replica| r.overrides_shared == Some(true);
+    let latest_overrides_version = answered()
+        .filter(|r| shared(r))
+        .filter_map(|r| r.overrides_version)
+        .max();
     let latest_map_hash = answered()
         .filter(|r| r.map_hash.is_some())
         .max_by_key(|r| r.map_loaded_at_ms)
@@ -148,7 +157,7 @@ pub fn view(source: String, round: &Round) -> ReplicasView {
             ReplicaView {
                 map_current: answered
                     .then(|| replica.map_hash.is_some() && replica.map_hash == latest_map_hash),
-                overrides_current: answered
+                overrides_current: (answered && shared(replica))
                     .then(|| replica.overrides_version == latest_overrides_version),
                 replica: replica.clone(),
             }
@@ -176,7 +185,9 @@ mod tests {
             map_hash: Some(hash.to_owned()),
             map_loaded_at_ms: Some(loaded),
             overrides_version: Some(overrides),
+            overrides_shared: Some(true),
             draining: Some(false),
+            answered: true,
             error: None,
             checked_at_ms: 1,
             unreachable_since_ms: None,
@@ -187,8 +198,12 @@ mod tests {
     fn a_replica_that_missed_a_change_is_behind_and_an_unreachable_one_unknown() {
         let mut gone = replica("d", "old", 0, 0);
         gone.error = Some("refused".to_owned());
+        gone.answered = false;
         gone.map_hash = None;
         gone.overrides_version = None;
+        // A replica whose overrides are its own: many changes, none of them shared.
+        let mut own = replica("e", "new", 25, 99);
+        own.overrides_shared = Some(false);
         let round = Round {
             error: None,
             replicas: vec![
@@ -196,6 +211,7 @@ mod tests {
                 replica("b", "old", 10, 7),
                 replica("c", "new", 30, 6),
                 gone,
+                own,
             ],
         };
         let view = view("file:x".to_owned(), &round);
@@ -213,6 +229,7 @@ mod tests {
                 ("b", Some(false), Some(true)),
                 ("c", Some(true), Some(false)),
                 ("d", None, None),
+                ("e", Some(true), None),
             ]
         );
     }
