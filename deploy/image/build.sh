@@ -20,6 +20,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+step() { printf '== image: %s\n' "$*"; }
+die() {
+  printf 'deploy/image/build.sh: %s\n' "$*" >&2
+  exit 1
+}
+
+# Files in the image are owned by root and by 65532; only root can make them so. (umoci's
+# --rootless would record the builder's own ids instead.) Checked before anything is
+# installed.
+[ "$(id -u)" = 0 ] || die "run it as root: the image's files must be owned by root and 65532"
+# The image is declared amd64; another machine would need its own triple and architecture.
+[ "$(uname -m)" = x86_64 ] || die "builds x86_64 (amd64) images only, and this machine is $(uname -m)"
+
 out=${IMAGE_OUT:-target/image}
 cargo_target_dir=${IMAGE_CARGO_TARGET_DIR:-target/image}
 triple=x86_64-unknown-linux-gnu
@@ -29,12 +42,6 @@ layout=$out/oci
 archive=$out/stickyroute-$tag.oci.tar
 bins=(stickyroute-proxy stickyroute-agent routemap)
 
-step() { printf '== image: %s\n' "$*"; }
-die() {
-  printf 'deploy/image/build.sh: %s\n' "$*" >&2
-  exit 1
-}
-
 # --- Debian packages, in one apt-get call (as scripts/test.sh does).
 need=()
 command -v umoci >/dev/null || need+=(umoci)
@@ -42,20 +49,10 @@ command -v skopeo >/dev/null || need+=(skopeo)
 command -v readelf >/dev/null || need+=(binutils)
 [ -s /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 if ((${#need[@]})); then
-  if [ "$(id -u)" = 0 ]; then
-    sudo=""
-  elif command -v sudo >/dev/null; then
-    sudo="sudo"
-  else
-    die "needs these Debian packages and cannot install them without root or sudo: ${need[*]}"
-  fi
   step "installing ${need[*]} from Debian's packages"
-  $sudo apt-get update -qq
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-# Files in the image are owned by root and by 65532; only root can make them so. (umoci's
-# --rootless would record the builder's own ids instead.)
-[ "$(id -u)" = 0 ] || die "run it as root: the image's files must be owned by root and 65532"
 
 # --- The binaries: static glibc executables (static-pie), no interpreter, no shared library.
 # RUSTFLAGS reach only the target's crates with --target (build scripts and proc macros
@@ -72,8 +69,11 @@ fi
 for b in "${bins[@]}"; do
   f=$bindir/$b
   [ -x "$f" ] || die "$f is missing (build it, or drop SKIP_BUILD)"
-  if readelf -lW "$f" | grep -q 'INTERP' || readelf -dW "$f" | grep -q '(NEEDED)'; then
-    die "$f is not static: $(readelf -dW "$f" | grep '(NEEDED)' | tr -s ' ' | tr '\n' ';')"
+  # Read whole first: `grep -q` closing the pipe early would fail readelf under pipefail.
+  headers=$(readelf -lW "$f")
+  dynamic=$(readelf -dW "$f")
+  if grep -q 'INTERP' <<<"$headers" || grep -q '(NEEDED)' <<<"$dynamic"; then
+    die "$f is not static: $(grep '(NEEDED)' <<<"$dynamic" | tr -s ' ' | tr '\n' ';')"
   fi
 done
 
