@@ -228,7 +228,8 @@ fn replicas_section(h: &mut String, replicas: Option<&ReplicasView>) {
     h.push_str("</table></div>");
 }
 
-/// The first 12 hex digits of a map hash: enough to tell maps apart on the page.
+/// The first 12 characters (not bytes) of a map hash: enough to tell maps apart on the
+/// page.
 fn short_hash(hash: &str) -> String {
     hash.chars().take(12).collect()
 }
@@ -374,8 +375,7 @@ fn member_row(h: &mut String, m: &ManagedMember, nonce: &str, agents_polled: boo
         if i.healthy { "ok" } else { "bad" },
         time(i.health_since_ms)
     );
-    // The first 12 characters of the agent's hash (characters, not bytes).
-    let short = |hash: Option<&str>| -> String { hash.unwrap_or("").chars().take(12).collect() };
+    let short = |hash: Option<&str>| short_hash(hash.unwrap_or(""));
     let agent = match (&m.agent, m.agent_map_matches) {
         (_, Some(true)) => format!(
             "<td class=\"ok\">✔ {}</td>",
