@@ -101,11 +101,12 @@ class ParentChart(Manifests):
         agent = container(pod, "stickyroute-agent")
         self.assertEqual(arg(agent, "--upstream"), "127.0.0.1:8081")
         self.assertEqual(container(pod, "app")["ports"][0]["containerPort"], 8081)
-        # The dependency's names: its route map, its ServiceAccount (which its Role binds).
+        # The dependency's names: its route map, its agents' ServiceAccount (which their
+        # Role binds: the route map, read, nothing else).
         self.assertEqual(arg(agent, "--routemap-configmap"), "shop/shop-stickyroute-routemap")
-        account = one(objects, "ServiceAccount")["metadata"]["name"]
+        account = one(objects, "ServiceAccount", "shop-stickyroute-agent")["metadata"]["name"]
         self.assertEqual(pod["serviceAccountName"], account)
-        binding = one(objects, "RoleBinding")
+        binding = one(objects, "RoleBinding", "shop-stickyroute-agent")
         self.assertEqual(binding["subjects"][0]["name"], account)
         # The dependency's image, at the dependency's appVersion.
         other = self.shop_pod(self.render({"stickyroute": {"image": {"repository": "registry.example.com/stickyroute"}}}))
@@ -199,7 +200,7 @@ class KustomizeComponent(Manifests):
         # The overlay's image and namespace reach the component's container.
         self.assertEqual(agent["image"], "registry.example.com/stickyroute:0.1.0")
         self.assertEqual(arg(agent, "--routemap-configmap"), "$(POD_NAMESPACE)/routemap")
-        self.assertEqual(pod["serviceAccountName"], one(objects, "ServiceAccount")["metadata"]["name"])
+        self.assertEqual(pod["serviceAccountName"], one(objects, "ServiceAccount", "stickyroute-agent")["metadata"]["name"])
         self.assertEqual(pod["terminationGracePeriodSeconds"], 150)
         self.assertEqual(
             container(pod, "app")["lifecycle"], {"preStop": {"httpGet": {"path": "/prestop", "port": 9901}}}

@@ -68,7 +68,7 @@ class DefaultInstall(Manifests):
         # The Role reads the map, the overrides and the proxies' own EndpointSlices (the
         # list of replicas), which --proxy-service names.
         self.assertEqual(
-            [r for rule in one(objects, "Role")["rules"] for r in rule["resources"]],
+            [r for rule in one(objects, "Role", "shop-stickyroute-routemap-reader")["rules"] for r in rule["resources"]],
             ["configmaps", "configmaps", "endpointslices"],
         )
         self.assertEqual(arg(proxy, "--proxy-service"), "shop/shop-stickyroute-admin")
@@ -79,12 +79,11 @@ class DefaultInstall(Manifests):
             "NEXT: YOUR APP PODS",
             "no entries yet",
             "stickyroute.agentSidecar",
-            "deploy/kustomize/components/agent-sidecar",
-            "publishNotReadyAddresses: true",
+                        "publishNotReadyAddresses: true",
             "--set proxy.memberService=SERVICE",
             "--set proxy.memberDomainSuffix=.SERVICE.shop.svc.cluster.local",
             "--set proxy.agentAdminPort=9901",
-            "serviceAccountName: shop-stickyroute",
+            "serviceAccountName: shop-stickyroute-agent",
             "examples/example-app-values.yaml",
         ):
             self.assertIn(text, notes)
@@ -255,6 +254,25 @@ class NetworkPolicies(Manifests):
         self.assertEqual(len(agent_policy["spec"]["ingress"]), 1)
         # Off by default.
         self.assertEqual(of_kind(render({})[0], "NetworkPolicy"), [])
+
+    def test_monitors_behind_the_policies_without_metrics_from_are_warned_of(self):
+        _, notes = render({"networkPolicy": {"enabled": True}, "metrics": {"serviceMonitor": {"enabled": True}}})
+        self.assertIn("networkPolicy.metricsFrom is empty, so Prometheus cannot", notes)
+        _, notes = render(
+            {
+                "networkPolicy": {"enabled": True, "metricsFrom": [{"podSelector": {}}]},
+                "metrics": {"serviceMonitor": {"enabled": True}},
+            }
+        )
+        self.assertNotIn("Prometheus cannot", notes)
+
+    def test_annotations_must_be_strings(self):
+        for values in (
+            {"proxy": {"podAnnotations": {"sidecar.istio.io/inject": False}}},
+            {"proxy": {"service": {"annotations": {"a": 1}}}},
+        ):
+            with self.assertRaisesRegex(helm.HelmError, "string"):
+                render(values)
 
     def test_egress_in_api_mode_needs_the_api_server_addresses(self):
         with self.assertRaises(helm.HelmError):

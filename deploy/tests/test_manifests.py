@@ -297,7 +297,7 @@ class HelmChart(Manifests):
     def test_api_mode_may_read_the_one_route_map_configmap_and_nothing_else(self):
         for mode in ("default", "api-native", "api-plain", "existing-configmap"):
             objects, _ = render(MODES[mode])
-            role = one(objects, "Role")
+            role = one(objects, "Role", "shop-stickyroute-routemap-reader")
             map_name = "shop-routes" if mode == "existing-configmap" else "shop-stickyroute-routemap"
             proxy = container(
                 one(objects, "Deployment")["spec"]["template"]["spec"], "stickyroute-proxy"
@@ -333,17 +333,38 @@ class HelmChart(Manifests):
                 + slices,
                 mode,
             )
-            binding = one(objects, "RoleBinding")
+            binding = one(objects, "RoleBinding", "shop-stickyroute-routemap-reader")
             self.assertEqual(binding["roleRef"]["name"], role["metadata"]["name"])
-            account = one(objects, "ServiceAccount")["metadata"]["name"]
+            account = one(objects, "ServiceAccount", "shop-stickyroute")["metadata"]["name"]
             self.assertEqual(
                 binding["subjects"],
                 [{"kind": "ServiceAccount", "name": account, "namespace": "shop"}],
             )
+            # The app pods' own account reads the route map and nothing else: the app's
+            # containers get its token too.
+            agent_role = one(objects, "Role", "shop-stickyroute-agent")
+            self.assertEqual(
+                agent_role["rules"],
+                [
+                    {
+                        "apiGroups": [""],
+                        "resources": ["configmaps"],
+                        "resourceNames": [map_name],
+                        "verbs": ["get", "list", "watch"],
+                    }
+                ],
+            )
+            agent_binding = one(objects, "RoleBinding", "shop-stickyroute-agent")
+            self.assertEqual(agent_binding["roleRef"]["name"], "shop-stickyroute-agent")
+            self.assertEqual(
+                agent_binding["subjects"],
+                [{"kind": "ServiceAccount", "name": "shop-stickyroute-agent", "namespace": "shop"}],
+            )
             self.assertEqual(of_kind(objects, "ClusterRole"), [])
             for workload in workloads(objects):
                 pod = workload["spec"]["template"]["spec"]
-                self.assertEqual(pod["serviceAccountName"], account, mode)
+                expected = account if workload["kind"] == "Deployment" else "shop-stickyroute-agent"
+                self.assertEqual(pod["serviceAccountName"], expected, mode)
                 for c in containers(pod):
                     if c["name"].startswith("stickyroute-"):
                         self.assertEqual(
@@ -510,7 +531,7 @@ class HelmChart(Manifests):
         self.assertEqual(arg(proxy, "--admin-allow"), "10.8.2.0/24")
         self.assertEqual(arg(proxy, "--member-domain-suffix"), ".shop.shop.svc.cluster.local")
         self.assertIn("kubectl -n shop create configmap shop-routes", notes)
-        self.assertIn("serviceAccountName: shop-stickyroute", notes)
+        self.assertIn("serviceAccountName: shop-stickyroute-agent", notes)
 
     def test_notes_explain_how_to_edit_the_map_and_compare_hashes(self):
         for mode, values in MODES.items():
@@ -716,12 +737,17 @@ class Kustomize(Manifests):
             configmap["data"]["routemap"], (OVERLAY / "routemap").read_text()
         )
         check_map(self, configmap["data"]["routemap"], "overlays/example/routemap")
-        role = one(objects, "Role")
+        role = one(objects, "Role", "stickyroute-routemap-reader")
         self.assertEqual(role["rules"][0]["resourceNames"], ["routemap"])
         self.assertEqual(role["rules"][0]["verbs"], ["get", "list", "watch"])
+        self.assertEqual(
+            one(objects, "Role", "stickyroute-agent")["rules"],
+            [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["routemap"], "verbs": ["get", "list", "watch"]}],
+        )
         for workload in workloads(objects):
             pod = workload["spec"]["template"]["spec"]
-            self.assertEqual(pod["serviceAccountName"], "stickyroute")
+            expected = "stickyroute" if workload["kind"] == "Deployment" else "stickyroute-agent"
+            self.assertEqual(pod["serviceAccountName"], expected)
             for c in containers(pod):
                 if c["name"].startswith("stickyroute-"):
                     self.assertEqual(arg(c, "--routemap-configmap"), "$(POD_NAMESPACE)/routemap")
@@ -755,9 +781,9 @@ class Kustomize(Manifests):
         self.assertIn(
             {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["stickyroute-overrides"],
              "verbs": ["get", "list", "watch", "update", "patch"]},
-            one(objects, "Role")["rules"],
+            one(objects, "Role", "stickyroute-routemap-reader")["rules"],
         )
-        rules = one(objects, "Role")["rules"]
+        rules = one(objects, "Role", "stickyroute-routemap-reader")["rules"]
         self.assertIn(
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
             rules,

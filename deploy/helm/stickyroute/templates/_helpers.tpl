@@ -134,6 +134,11 @@ seccompProfile:
 {{- end }}
 
 {{/* Only API mode needs a token; file mode mounts none. */}}
+{{/* The app pods' account (api mode): it may read the route map, nothing else. */}}
+{{- define "stickyroute.agentServiceAccountName" -}}
+{{ include "stickyroute.fullname" . }}-agent
+{{- end }}
+
 {{- define "stickyroute.serviceAccount" -}}
 {{- if include "stickyroute.apiMode" . }}
 serviceAccountName: {{ include "stickyroute.fullname" . }}
@@ -245,13 +250,14 @@ automountServiceAccountToken: false
 stickyroute-agent: {{ include "stickyroute.fullname" .ctx }}
 {{- end }}
 
-{{/* Pod-level fields the agent needs: in api mode the release's ServiceAccount (the Role
-     allows reading the one route map ConfigMap); room for the agent's drain, then its grace
+{{/* Pod-level fields the agent needs: in api mode the release's agent ServiceAccount
+     (RELEASE-stickyroute-agent, whose Role allows reading the one route map ConfigMap and
+     nothing else: the app's containers get its token too); room for the agent's drain, then its grace
      period, then the app's own shutdown (terminationGracePeriodSeconds). */}}
 {{- define "stickyroute.agentPodSpec" -}}
 {{- include "stickyroute.requireContext" . -}}
 {{- if include "stickyroute.apiMode" .ctx -}}
-serviceAccountName: {{ include "stickyroute.fullname" .ctx }}
+serviceAccountName: {{ include "stickyroute.agentServiceAccountName" .ctx }}
 automountServiceAccountToken: true
 {{ end -}}
 terminationGracePeriodSeconds: {{ include "stickyroute.appTerminationGrace" .ctx }}
