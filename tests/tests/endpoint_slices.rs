@@ -64,8 +64,10 @@ impl Pods {
             proxy,
             _dir: dir,
         };
+        // Both members, each with an address: the start does not wait for the first list of
+        // the slices, so the table may still be empty here (`all` of nothing is true).
         pods.wait_for("both pods routable", |m| {
-            m.iter().all(|m| m["address"].is_string())
+            m.len() == 2 && m.iter().all(|m| m["address"].is_string())
         })
         .await;
         pods
@@ -104,8 +106,13 @@ impl Pods {
     }
 }
 
+/// The member with `route`, or null while there is none (a wait then goes on waiting).
 fn member<'a>(members: &'a [serde_json::Value], route: &str) -> &'a serde_json::Value {
-    members.iter().find(|m| m["route"] == route).unwrap()
+    static NONE: serde_json::Value = serde_json::Value::Null;
+    members
+        .iter()
+        .find(|m| m["route"] == route)
+        .unwrap_or(&NONE)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
