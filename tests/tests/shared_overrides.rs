@@ -6,7 +6,7 @@
 use http::Method;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use stickyroute_tests::client::{Reply, call, get};
 use stickyroute_tests::cluster::Cluster;
@@ -43,14 +43,21 @@ fn replica(map: &Path, store: &Path) -> Proxy {
         .start_process()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_change_through_one_proxy_is_applied_by_the_other_and_survives_restarts() {
+/// The classic cluster's proxy and a second one, both given the same `--overrides-file`
+/// (the directory is kept as long as the first value lives).
+async fn two_replicas_sharing_a_file() -> (tempfile::TempDir, PathBuf, Cluster, Proxy) {
     let shared = tempfile::tempdir().unwrap();
     let store = shared.path().join("overrides.json");
     let store_flag = store.display().to_string();
     let c = Cluster::classic_process(&["--overrides-file", &store_flag]).await;
     let b = replica(&c.map, &store);
     b.wait_members(4).await;
+    (shared, store, c, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_through_one_proxy_is_applied_by_the_other_and_survives_restarts() {
+    let (_shared, store, c, b) = two_replicas_sharing_a_file().await;
     let a = c.proxy.admin;
 
     let drained = change(a, "www1", json!({"status": "drain"})).await;
@@ -115,12 +122,7 @@ async fn a_change_through_one_proxy_is_applied_by_the_other_and_survives_restart
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_changes_through_two_proxies_are_all_kept() {
-    let shared = tempfile::tempdir().unwrap();
-    let store = shared.path().join("overrides.json");
-    let store_flag = store.display().to_string();
-    let c = Cluster::classic_process(&["--overrides-file", &store_flag]).await;
-    let b = replica(&c.map, &store);
-    b.wait_members(4).await;
+    let (_shared, store, c, b) = two_replicas_sharing_a_file().await;
     let (na, nb) = (
         view(c.proxy.admin).await["nonce"].clone(),
         view(b.admin).await["nonce"].clone(),
@@ -379,12 +381,7 @@ async fn until_replicas_current(admin: SocketAddr, count: usize, version: u64) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_lists_the_proxies_sharing_the_file_and_whether_each_applied_the_latest() {
-    let shared = tempfile::tempdir().unwrap();
-    let store = shared.path().join("overrides.json");
-    let store_flag = store.display().to_string();
-    let c = Cluster::classic_process(&["--overrides-file", &store_flag]).await;
-    let b = replica(&c.map, &store);
-    b.wait_members(4).await;
+    let (_shared, store, c, b) = two_replicas_sharing_a_file().await;
     let a = c.proxy.admin;
 
     let replicas = until_replicas_current(a, 2, 0).await;

@@ -143,14 +143,23 @@ impl FileStore {
 }
 
 fn read_set(path: &Path) -> Result<OverrideSet, StoreError> {
+    match read_bounded(path, MAX_FILE)? {
+        Some(bytes) => parse_set(&bytes, &path.display().to_string()),
+        None => Ok(OverrideSet::default()),
+    }
+}
+
+/// The whole file at `path` if it holds at most `max` bytes; `None` when there is no file
+/// (an empty store). Shared with the replica registry beside it.
+pub(crate) fn read_bounded(path: &Path, max: u64) -> Result<Option<Vec<u8>>, StoreError> {
     let place = path.display().to_string();
-    match read_regular_file(path, MAX_FILE) {
-        Ok(bytes) if bytes.len() as u64 > MAX_FILE => Err(StoreError::Invalid {
+    match read_regular_file(path, max) {
+        Ok(bytes) if bytes.len() as u64 > max => Err(StoreError::Invalid {
             place,
-            message: format!("larger than {MAX_FILE} bytes"),
+            message: format!("larger than {max} bytes"),
         }),
-        Ok(bytes) => parse_set(&bytes, &place),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(OverrideSet::default()),
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
         Err(e) => Err(StoreError::Read {
             place,
             message: e.to_string(),

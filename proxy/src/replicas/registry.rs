@@ -21,12 +21,10 @@
 //! live proxies claiming one address are logged as a conflict).
 
 use super::FORGET_AFTER;
-use crate::overrides::file_store::{FileStore, write_atomically};
+use crate::overrides::file_store::{FileStore, read_bounded, write_atomically};
 use crate::overrides::store::StoreError;
-use routemap::source::read_regular_file;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -191,21 +189,12 @@ fn edit(store: &FileStore, change: impl FnOnce(&mut Registry)) -> Result<Registr
 }
 
 fn read_registry(path: &Path) -> Result<Registry, StoreError> {
-    let place = path.display().to_string();
-    match read_regular_file(path, MAX_FILE) {
-        Ok(bytes) if bytes.len() as u64 > MAX_FILE => Err(StoreError::Invalid {
-            place,
-            message: format!("larger than {MAX_FILE} bytes"),
-        }),
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Invalid {
-            place,
+    match read_bounded(path, MAX_FILE)? {
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Invalid {
+            place: path.display().to_string(),
             message: e.to_string(),
         }),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Registry::default()),
-        Err(e) => Err(StoreError::Read {
-            place,
-            message: e.to_string(),
-        }),
+        None => Ok(Registry::default()),
     }
 }
 
